@@ -1,0 +1,286 @@
+"""The ``nudge`` command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.clock import SystemClock
+from engine.config import Settings, describe_settings, load_settings
+from engine.errors import NudgeError
+from engine.service import Engine, customer_profile
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, help="Nudge: trigger-driven marketing automation.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+customers_app = typer.Typer(no_args_is_help=True, help="Customer profiles.")
+secrets_app = typer.Typer(no_args_is_help=True, help="Local development secrets.")
+app.add_typer(db_app, name="db")
+app.add_typer(customers_app, name="customers")
+app.add_typer(secrets_app, name="secrets")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Settings file (default: $NUDGE_CONFIG or ./config.yaml)."),
+]
+
+console = Console(soft_wrap=True)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except NudgeError as exc:
+        console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Per-tick and per-migration chatter stays out of the operator's log unless debugging.
+    quiet = logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
+    for name in ("apscheduler", "alembic"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def _engine(settings: Settings, *, upgrade: bool = True) -> Engine:
+    from engine.store import create_store
+
+    store = create_store(settings, SystemClock())
+    if upgrade:
+        store.upgrade()
+    return Engine(settings=settings, store=store, clock=store.clock)
+
+
+def _server_overrides(settings: Settings, host: str | None, port: int | None) -> dict[str, Any]:
+    server = settings.server.model_dump()
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    return {"server": server}
+
+
+def _banner(settings: Settings) -> None:
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    console.print(f"[bold]Nudge[/bold] is running on [cyan]{url}[/cyan]", highlight=False)
+    console.print(f"  ingest:   {url}/v1/track, {url}/v1/batch (Segment-compatible)")
+    console.print(f"  database: {settings.database_url}", highlight=False)
+    console.print(f"  API docs: {url}/docs")
+    if settings.write_keys:
+        key = settings.write_keys[0].key.get_secret_value()
+        console.print(
+            f"  write key (source {settings.write_keys[0].source!r}): {key}", highlight=False
+        )
+        console.print("  try it:", highlight=False)
+        console.print(
+            f"    curl -u '{key}:' -H 'Content-Type: application/json' {url}/v1/track \\\n"
+            '      -d \'{"userId": "alice", "event": "Product Viewed", '
+            '"properties": {"product_id": "sku-1", "price": 25}}\'',
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(f"    nudge customers show alice   (or GET {url}/api/customers/alice)")
+        console.print(f"    nudge demo --events 2000 --url {url}")
+    else:
+        console.print(
+            "  [yellow]no write_keys configured: the ingest API refuses every call[/yellow]"
+        )
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run everything in one process: HTTP API, event processing and the scheduler."""
+    import uvicorn
+
+    from engine.scheduler import EngineScheduler
+    from engine.web import create_app
+
+    settings = _settings(config)
+    settings = _settings(config, **_server_overrides(settings, host, port))
+    _logging(settings)
+    engine = _engine(settings)
+    scheduler = EngineScheduler(engine)
+    scheduler.start()
+    _banner(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(engine),
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        scheduler.shutdown()
+        engine.store.close()
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run the HTTP API alone (ingest, API); pair with `nudge worker` processes."""
+    import uvicorn
+
+    from engine.web import create_app
+
+    settings = _settings(config)
+    settings = _settings(config, **_server_overrides(settings, host, port))
+    _logging(settings)
+    engine = _engine(settings)
+    uvicorn.run(
+        create_app(engine),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    once: Annotated[bool, typer.Option(help="Process what is pending, then exit.")] = False,
+) -> None:
+    """Run the background work (event processing) without the HTTP API."""
+    from engine.scheduler import EngineScheduler
+    from engine.service import process_until_idle
+
+    settings = _settings(config)
+    _logging(settings)
+    engine = _engine(settings)
+    if once:
+        count = process_until_idle(engine)
+        console.print(f"processed {count} events")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    scheduler = EngineScheduler(engine)
+    scheduler.start()
+    logging.getLogger(__name__).info("worker started")
+    stop.wait()
+    scheduler.shutdown()
+    engine.store.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the database schema to the newest version."""
+    settings = _settings(config)
+    engine = _engine(settings)
+    engine.store.close()
+    console.print(f"database at {settings.database_url} is up to date", highlight=False)
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective settings (secrets masked) with each setting's help."""
+    settings = _settings(config)
+    table = Table("setting", "value", "help", title="Nudge settings")
+    for key, value, help_text in describe_settings(settings):
+        table.add_row(key, value, help_text)
+    console.print(table)
+
+
+@customers_app.command("show")
+def customers_show(
+    ref: Annotated[str, typer.Argument(help="Customer id, userId, anonymousId or email.")],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    events: Annotated[int, typer.Option(help="How many recent events to show.")] = 10,
+) -> None:
+    """Show a customer's unified profile: identities, traits, stats, last events."""
+    settings = _settings(config)
+    engine = _engine(settings, upgrade=False)
+    doc = customer_profile(engine, ref, events=events)
+    engine.store.close()
+    if doc is None:
+        console.print(
+            f"[red]no customer {ref!r}[/red] (looked up as id, userId, anonymousId, email)"
+        )
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    _print_profile(doc)
+
+
+def _print_profile(doc: dict[str, Any]) -> None:
+    title = doc["user_id"] or doc["anonymous_id"] or str(doc["id"])
+    console.rule(f"customer {title} (#{doc['id']})")
+    idents = ", ".join(f"{i['kind']}:{i['value']}" for i in doc["identities"])
+    console.print(f"identities: {idents}", highlight=False)
+    table = Table("trait", "value", title="traits")
+    for key, value in sorted(doc["traits"].items()):
+        table.add_row(key, json.dumps(value, default=str))
+    console.print(table)
+    stats = Table("stat", "value", title="stats")
+    for key, value in doc["stats"].items():
+        stats.add_row(key, json.dumps(value))
+    console.print(stats)
+    counts = Table("event", "count", title="event counts")
+    for key, value in doc["event_counts"].items():
+        counts.add_row(key, str(value))
+    console.print(counts)
+    recent = Table("time", "type", "name", "properties", title="recent events")
+    for event in doc["recent_events"]:
+        recent.add_row(
+            event["timestamp"],
+            event["type"],
+            event["name"] or "",
+            json.dumps(event["properties"], default=str)[:80],
+        )
+    console.print(recent)
+
+
+@secrets_app.command("init")
+def secrets_init(
+    folder: Annotated[Path, typer.Option(help="Where to write the secret files.")] = Path(
+        ".secrets"
+    ),
+) -> None:
+    """Create random local secrets (write key, admin token, Shopify secret) if missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    makers: dict[str, str] = {
+        "write_key": "wk_" + secrets.token_urlsafe(24),
+        "admin_token": "adm_" + secrets.token_urlsafe(24),
+        "shopify_secret": secrets.token_hex(32),
+        "webhook_secret": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    for name, value in makers.items():
+        path = folder / name
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value + "\n")
+            console.print(f"created {path}", highlight=False)
+
+
+def main() -> None:
+    app()

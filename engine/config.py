@@ -1,0 +1,253 @@
+"""Settings: ``config.yaml``, overridden by ``NUDGE_*`` environment variables.
+
+Every setting is declared once here, with its type, default and help text; ``nudge config``
+prints them. Secrets are written as references, never as literals in a committed file:
+``$env:NAME`` reads an environment variable and ``$file:PATH`` reads a file (relative paths
+are taken from the working directory); the value is held as a ``SecretStr`` and masked
+whenever settings are printed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from engine.clock import parse_duration
+from engine.errors import ConfigError
+
+__all__ = [
+    "IngestSettings",
+    "ProcessingSettings",
+    "ServerSettings",
+    "Settings",
+    "ShopifySettings",
+    "WriteKey",
+    "describe_settings",
+    "load_settings",
+    "resolve_secret",
+]
+
+
+def resolve_secret(value: Any) -> Any:
+    """Resolve a ``$env:NAME`` or ``$file:PATH`` reference; other values pass through."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("$env:"):
+        name = value[5:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set (referenced as {value})")
+        return os.environ[name]
+    if value.startswith("$file:"):
+        path = Path(value[6:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the HTTP server listens on.")
+
+
+class WriteKey(_Section):
+    source: str = Field("default", description="Name of the source that uses this key.")
+    key: SecretStr = Field(description="The write key (use $env:NAME or $file:PATH).")
+
+    _resolve = field_validator("key", mode="before")(resolve_secret)
+
+
+class ShopifySettings(_Section):
+    secret: SecretStr | None = Field(
+        None, description="Shopify app/webhook signing secret for X-Shopify-Hmac-Sha256."
+    )
+
+    _resolve = field_validator("secret", mode="before")(resolve_secret)
+
+
+class IngestSettings(_Section):
+    max_event_bytes: int = Field(32 * 1024, description="Largest accepted single event (JSON).")
+    max_request_bytes: int = Field(
+        500 * 1024, description="Largest accepted request body, after gzip decompression."
+    )
+    commit_max_events: int = Field(
+        5000, ge=1, description="Most events the ingest writer commits in one transaction."
+    )
+
+
+class ProcessingSettings(_Section):
+    batch_size: int = Field(500, ge=1, description="Events the processor claims per transaction.")
+    interval: timedelta = Field(
+        timedelta(milliseconds=200), description="How often the processor looks for new events."
+    )
+    abandoned_after: timedelta = Field(
+        timedelta(hours=1),
+        description="A started checkout without an order after this long counts as abandoned.",
+    )
+
+    @field_validator("interval", "abandoned_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.endswith("ms") and value[:-2].isdigit():
+                return timedelta(milliseconds=int(value[:-2]))
+            return parse_duration(value)
+        return value
+
+
+class Settings(BaseSettings):
+    """Nudge settings. Nested keys are overridden as ``NUDGE_SERVER__PORT=9000``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NUDGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    database_url: str = Field(
+        "sqlite:///nudge.db",
+        description="SQLAlchemy URL: sqlite:///FILE (embedded) or postgresql+psycopg://...",
+    )
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="SQLite fsync policy in WAL mode: full survives power loss, normal a crash.",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
+    public_url: str | None = Field(
+        None, description="Base URL customers reach (tracked links); default http://host:port."
+    )
+    write_keys: list[WriteKey] = Field(
+        default_factory=list, description="Segment write keys accepted by the ingest API."
+    )
+    shopify: ShopifySettings = Field(
+        default_factory=ShopifySettings, description="Shopify webhook settings."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /api/* and the dashboard."
+    )
+    rules_dir: Path = Field(Path("rules"), description="Folder of rule YAML files.")
+    templates_dir: Path = Field(Path("templates"), description="Folder of Jinja templates.")
+    default_timezone: str = Field(
+        "UTC", description="IANA zone for customers without a timezone trait."
+    )
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Ingest API.")
+    processing: ProcessingSettings = Field(
+        default_factory=ProcessingSettings, description="Event processor."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+
+    _resolve = field_validator("admin_token", mode="before")(resolve_secret)
+
+    @field_validator("write_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"key": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file; the file's contents arrive as init values.
+        return env_settings, init_settings
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (or ``$NUDGE_CONFIG``, or ``./config.yaml`` if present).
+
+    Raises :class:`ConfigError` naming the file and the key that is wrong.
+    """
+    if path is None and os.environ.get("NUDGE_CONFIG"):
+        path = Path(os.environ["NUDGE_CONFIG"])
+    if path is None and Path("config.yaml").exists():
+        path = Path("config.yaml")
+    data: dict[str, Any] = {}
+    where = "environment"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        data = loaded or {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except PydanticValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError(
+            f"{where}: invalid settings: " + "; ".join(problems), details=problems
+        ) from exc
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(dotted key, effective value with secrets masked, help text) for every setting."""
+    rows: list[tuple[str, str, str]] = []
+
+    def show(value: Any) -> str:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, list):
+            return "[" + ", ".join(show(v) for v in value) + "]"
+        if isinstance(value, WriteKey):
+            return f"{value.source}:{show(value.key)}"
+        if isinstance(value, timedelta):
+            return f"{value.total_seconds():g}s"
+        return "" if value is None else str(value)
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            key = f"{prefix}{name}"
+            if isinstance(value, _Section):
+                walk(value, key + ".")
+            else:
+                rows.append((key, show(value), field.description or ""))
+
+    walk(settings, "")
+    return rows

@@ -1,0 +1,12 @@
+"""The storage port and its SQL implementation.
+
+Everything that talks to the database lives below this package; SQLite and PostgreSQL
+differences are decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from engine.store.base import CustomerView, ProcessResult, Store
+from engine.store.sql import SqlStore, create_store
+
+__all__ = ["CustomerView", "ProcessResult", "SqlStore", "Store", "create_store"]
