@@ -42,6 +42,8 @@ __all__ = [
 
 USER = "user"
 ANONYMOUS = "anonymous"
+#: Key in ``trait_times`` holding when the device time zone was last seen (not a trait).
+DEVICE_ZONE = "$device_timezone"
 
 IdentityKey = tuple[str, str]
 
@@ -90,6 +92,7 @@ class CheckoutState:
     cart_id: str
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    updated_at: datetime | None = None
     value: float = 0.0
     currency: str | None = None
     products: list[dict[str, Any]] = field(default_factory=list)
@@ -101,7 +104,6 @@ class Profile:
 
     key: int
     user_id: str | None = None
-    anonymous_id: str | None = None
     identities: set[IdentityKey] = field(default_factory=set)
     traits: dict[str, Any] = field(default_factory=dict)
     trait_times: dict[str, str] = field(default_factory=dict)
@@ -113,6 +115,11 @@ class Profile:
     orders: dict[str, OrderState] = field(default_factory=dict)
     checkouts: dict[str, CheckoutState] = field(default_factory=dict)
     created_at: datetime | None = None
+
+    @property
+    def anonymous_id(self) -> str | None:
+        """One of the profile's anonymousIds (the smallest, so it is stable), for display."""
+        return min((v for k, v in self.identities if k == ANONYMOUS), default=None)
 
     @property
     def is_new(self) -> bool:
@@ -149,6 +156,8 @@ class Outcome:
     moved_identities: dict[IdentityKey, int] = field(default_factory=dict)
     assigned: dict[int, int] = field(default_factory=dict)  # event seq -> profile key
     failed: dict[int, str] = field(default_factory=dict)  # event seq -> reason
+    orders: set[str] = field(default_factory=set)  # order ids to write back
+    checkouts: set[str] = field(default_factory=set)  # cart ids to write back
 
 
 def _new_profile(world: World, now: datetime) -> Profile:
@@ -170,8 +179,6 @@ def _link(world: World, out: Outcome, profile: Profile, ident: IdentityKey) -> N
     out.dirty.add(profile.key)
     if ident[0] == USER and profile.user_id is None:
         profile.user_id = ident[1]
-    if ident[0] == ANONYMOUS and profile.anonymous_id is None:
-        profile.anonymous_id = ident[1]
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -190,6 +197,12 @@ def _earlier(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
+def _newer_zone(stamp: str, zone: str, current_stamp: str | None, current: str | None) -> bool:
+    if current is None or current_stamp is None:
+        return True
+    return (stamp, zone) > (current_stamp, current)
+
+
 def _merge_traits(into: Profile, traits: dict[str, Any], times: dict[str, str]) -> None:
     for name, value in traits.items():
         when = times.get(name, "")
@@ -205,30 +218,36 @@ def _merge_traits(into: Profile, traits: dict[str, Any], times: dict[str, str]) 
 
 
 def _merge_order(a: OrderState, b: OrderState) -> OrderState:
-    placed = a if a.placed_at is not None else b
+    # The earliest placement is the order (a repeated Order Completed does not change it);
+    # refunds and cancellation accumulate from either side.
+    placed = [o for o in (a, b) if o.placed_at is not None]
+    first = min(placed, key=lambda o: (o.placed_at, o.revenue, repr(o.products))) if placed else a
     return OrderState(
         order_id=a.order_id,
-        cart_id=a.cart_id or b.cart_id,
-        placed_at=_earlier(a.placed_at, b.placed_at),
-        revenue=placed.revenue,
+        cart_id=first.cart_id or a.cart_id or b.cart_id,
+        placed_at=first.placed_at,
+        revenue=first.revenue,
         refunded=max(a.refunded, b.refunded),
         cancelled=a.cancelled or b.cancelled,
-        currency=placed.currency or a.currency or b.currency,
-        discount=placed.discount,
-        coupon=placed.coupon,
-        products=placed.products or a.products or b.products,
+        currency=first.currency or a.currency or b.currency,
+        discount=first.discount,
+        coupon=first.coupon,
+        products=first.products or a.products or b.products,
     )
 
 
 def _merge_checkout(a: CheckoutState, b: CheckoutState) -> CheckoutState:
-    started = a if a.started_at is not None else b
+    # Contents come from the latest update; start and completion are the earliest seen.
+    updated = [c for c in (a, b) if c.updated_at is not None]
+    latest = max(updated, key=lambda c: (c.updated_at, c.value, repr(c.products))) if updated else a
     return CheckoutState(
         cart_id=a.cart_id,
         started_at=_earlier(a.started_at, b.started_at),
         completed_at=_earlier(a.completed_at, b.completed_at),
-        value=started.value or a.value or b.value,
-        currency=started.currency or a.currency or b.currency,
-        products=started.products or a.products or b.products,
+        updated_at=latest.updated_at,
+        value=latest.value,
+        currency=latest.currency,
+        products=latest.products,
     )
 
 
@@ -237,10 +256,6 @@ def merge_profiles(survivor: Profile, loser: Profile) -> None:
     survivor.identities |= loser.identities
     if survivor.user_id is None:
         survivor.user_id = loser.user_id
-    if survivor.anonymous_id is None or (
-        loser.anonymous_id is not None and loser.anonymous_id < survivor.anonymous_id
-    ):
-        survivor.anonymous_id = loser.anonymous_id or survivor.anonymous_id
     _merge_traits(survivor, loser.traits, loser.trait_times)
     for key, value in loser.consent.items():
         survivor.consent.setdefault(key, value)
@@ -249,10 +264,14 @@ def merge_profiles(survivor: Profile, loser: Profile) -> None:
     survivor.first_seen_at = _earlier(survivor.first_seen_at, loser.first_seen_at)
     survivor.last_seen_at = _later(survivor.last_seen_at, loser.last_seen_at)
     survivor.created_at = _earlier(survivor.created_at, loser.created_at)
-    if loser.context_timezone and (
-        survivor.context_timezone is None or loser.context_timezone < survivor.context_timezone
+    if loser.context_timezone and _newer_zone(
+        loser.trait_times.get(DEVICE_ZONE, ""),
+        loser.context_timezone,
+        survivor.trait_times.get(DEVICE_ZONE),
+        survivor.context_timezone,
     ):
         survivor.context_timezone = loser.context_timezone
+        survivor.trait_times[DEVICE_ZONE] = loser.trait_times.get(DEVICE_ZONE, "")
     for order_id, order in loser.orders.items():
         mine = survivor.orders.get(order_id)
         survivor.orders[order_id] = order if mine is None else _merge_order(mine, order)
@@ -269,8 +288,10 @@ def _merge_into(world: World, out: Outcome, survivor: Profile, loser: Profile) -
     loser.identities = set()
     for order_id in loser.orders:
         world.order_owner[order_id] = survivor.key
+        out.orders.add(order_id)
     for cart_id in loser.checkouts:
         world.checkout_owner[cart_id] = survivor.key
+        out.checkouts.add(cart_id)
     del world.profiles[loser.key]
     out.dirty.discard(loser.key)
     out.dirty.add(survivor.key)
@@ -443,6 +464,7 @@ def _apply_commerce(
         new = CheckoutState(
             cart_id=cart,
             started_at=when,
+            updated_at=when,
             value=value,
             currency=_text(props.get("currency")),
             products=products,
@@ -450,6 +472,7 @@ def _apply_commerce(
         holder = _owner(world, out, world.checkout_owner, cart, profile)
         old = holder.checkouts.get(cart)
         holder.checkouts[cart] = new if old is None else _merge_checkout(old, new)
+        out.checkouts.add(cart)
     elif name == "Order Completed":
         order_id = _text(props.get("order_id")) or f"event-{event.seq}"
         products = _products(props)
@@ -468,13 +491,20 @@ def _apply_commerce(
             products=products,
         )
         holder = _owner(world, out, world.order_owner, order_id, profile)
+        if holder is not profile and holder.orders[order_id].placed_at is None:
+            # The order was known only from a refund filed elsewhere: it belongs to the buyer.
+            profile.orders[order_id] = holder.orders.pop(order_id)
+            world.order_owner[order_id] = profile.key
+            holder = profile
         old_order = holder.orders.get(order_id)
         holder.orders[order_id] = order if old_order is None else _merge_order(old_order, order)
+        out.orders.add(order_id)
         if cart is not None:
             done = CheckoutState(cart_id=cart, completed_at=when)
             holder = _owner(world, out, world.checkout_owner, cart, profile)
             old = holder.checkouts.get(cart)
             holder.checkouts[cart] = done if old is None else _merge_checkout(old, done)
+            out.checkouts.add(cart)
     elif name in ("Order Refunded", "Order Cancelled"):
         ref = _text(props.get("order_id"))
         if ref is None:
@@ -482,6 +512,7 @@ def _apply_commerce(
         holder = _owner(world, out, world.order_owner, ref, profile)
         order = holder.orders.get(ref) or OrderState(order_id=ref)
         holder.orders[ref] = order
+        out.orders.add(ref)
         if name == "Order Cancelled":
             order.cancelled = True
             return
@@ -522,8 +553,11 @@ def _apply(world: World, out: Outcome, profile: Profile, event: EventIn) -> None
         stamp = when.isoformat()
         _merge_traits(profile, traits, dict.fromkeys(traits, stamp))
     zone = _valid_zone(context.get("timezone"))
-    if zone and (profile.context_timezone is None or profile.last_seen_at == when):
-        profile.context_timezone = zone
+    if zone:
+        stamp = when.isoformat()
+        if _newer_zone(stamp, zone, profile.trait_times.get(DEVICE_ZONE), profile.context_timezone):
+            profile.context_timezone = zone
+            profile.trait_times[DEVICE_ZONE] = stamp
 
     if event.type == "track":
         props = payload.get("properties")

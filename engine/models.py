@@ -172,6 +172,7 @@ class Checkout(SQLModel, table=True):
     customer_id: int = Field(sa_column=sa.Column(_BigId, nullable=False, index=True))
     started_at: datetime | None = _ts(nullable=True)
     completed_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime | None = _ts(nullable=True)
     value: float = Field(default=0.0)
     currency: str | None = Field(default=None, max_length=8)
     products: list[dict[str, Any]] = Field(

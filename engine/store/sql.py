@@ -25,6 +25,7 @@ from engine.customers import (
     CheckoutState,
     EventIn,
     OrderState,
+    Outcome,
     Profile,
     World,
 )
@@ -216,7 +217,7 @@ class SqlStore:
             world = self._load_world(conn, events)
             loaded = set(world.profiles)
             outcome = step(world, events)
-            ids = self._write_profiles(conn, world, loaded, outcome.dirty, outcome.merged, stats)
+            ids = self._write_profiles(conn, world, loaded, outcome, stats)
             self._write_identities(conn, outcome.moved_identities, ids)
             done: list[dict[str, Any]] = [
                 {"b_seq": seq, "b_customer": ids[key], "b_status": EVENT_DONE, "b_error": None}
@@ -297,7 +298,6 @@ class SqlStore:
                 profiles[r.id] = Profile(
                     key=r.id,
                     user_id=r.user_id,
-                    anonymous_id=r.anonymous_id,
                     traits=dict(r.traits or {}),
                     trait_times=dict(r.trait_times or {}),
                     consent=dict(r.consent or {}),
@@ -334,6 +334,7 @@ class SqlStore:
                         cart_id=r.cart_id,
                         started_at=r.started_at,
                         completed_at=r.completed_at,
+                        updated_at=r.updated_at,
                         value=r.value,
                         currency=r.currency,
                         products=list(r.products or []),
@@ -369,10 +370,10 @@ class SqlStore:
         conn: Connection,
         world: World,
         loaded: set[int],
-        dirty: set[int],
-        merged: dict[int, int],
+        outcome: Outcome,
         stats: Callable[[Profile], dict[str, Any]],
     ) -> dict[int, int]:
+        dirty, merged = outcome.dirty, outcome.merged
         now = self.clock.now()
         ids = {key: key for key in loaded}
         # Losers first: they give up their identities (and, for alias merges, their userId).
@@ -382,11 +383,13 @@ class SqlStore:
             profile = world.profiles.get(key)
             if profile is not None:
                 rows[key] = self._customer_row(profile, stats(profile), now)
-        for key, row in rows.items():
-            if key < 0:
-                ids[key] = conn.execute(
-                    CUSTOMERS.insert().values(**row, created_at=now).returning(CUSTOMERS.c.id)
-                ).scalar_one()
+        new_keys = [key for key in rows if key < 0]
+        if new_keys:
+            created = conn.execute(
+                CUSTOMERS.insert().returning(CUSTOMERS.c.id, sort_by_parameter_order=True),
+                [{**rows[key], "created_at": now} for key in new_keys],
+            ).scalars()
+            ids.update(zip(new_keys, created, strict=True))
         if survivors:
             conn.execute(
                 CUSTOMERS.update()
@@ -409,14 +412,13 @@ class SqlStore:
                 updates,
             )
         orders: list[dict[str, Any]] = []
-        checkouts: list[dict[str, Any]] = []
-        for key in rows:
-            profile = world.profiles[key]
-            cid = ids[key]
-            orders += [
+        for order_id in sorted(outcome.orders):
+            key = world.order_owner[order_id]
+            o = world.profiles[key].orders[order_id]
+            orders.append(
                 {
                     "order_id": o.order_id,
-                    "customer_id": cid,
+                    "customer_id": ids[key],
                     "cart_id": o.cart_id,
                     "placed_at": o.placed_at,
                     "revenue": o.revenue,
@@ -427,20 +429,23 @@ class SqlStore:
                     "coupon": o.coupon,
                     "products": o.products,
                 }
-                for o in profile.orders.values()
-            ]
-            checkouts += [
+            )
+        checkouts: list[dict[str, Any]] = []
+        for cart_id in sorted(outcome.checkouts):
+            key = world.checkout_owner[cart_id]
+            c = world.profiles[key].checkouts[cart_id]
+            checkouts.append(
                 {
                     "cart_id": c.cart_id,
-                    "customer_id": cid,
+                    "customer_id": ids[key],
                     "started_at": c.started_at,
                     "completed_at": c.completed_at,
+                    "updated_at": c.updated_at,
                     "value": c.value,
                     "currency": c.currency,
                     "products": c.products,
                 }
-                for c in profile.checkouts.values()
-            ]
+            )
         self._upsert(conn, ORDERS, orders, ["order_id"])
         self._upsert(conn, CHECKOUTS, checkouts, ["cart_id"])
         return ids

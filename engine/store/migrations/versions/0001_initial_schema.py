@@ -31,6 +31,7 @@ def upgrade() -> None:
         ),
         sa.Column("started_at", engine.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("completed_at", engine.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", engine.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("currency", sa.String(length=8), nullable=True),
         sa.Column(
