@@ -282,5 +282,86 @@ def secrets_init(
             console.print(f"created {path}", highlight=False)
 
 
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=1, max=1_000_000, help="Events to send.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of history, ending now.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same shop.")] = 1,
+    url: Annotated[
+        str | None, typer.Option(help="Engine URL (default: http://server.host:server.port).")
+    ] = None,
+    write_key: Annotated[
+        str | None, typer.Option(help="Write key (default: the first in settings).")
+    ] = None,
+    live: Annotated[
+        bool, typer.Option(help="After the history, keep sending current visits.")
+    ] = False,
+    live_seconds: Annotated[
+        int, typer.Option(min=1, max=3600, help="How long --live keeps going.")
+    ] = 60,
+    config: ConfigOption = None,
+) -> None:
+    """Drive a running engine with a simulated shop: history, then optionally live traffic."""
+    import random
+    import time
+
+    from engine.demo import PERSONAS, generate, live_calls, send_calls
+
+    if url is None or write_key is None:
+        settings = _settings(config)
+        if url is None:
+            host = settings.server.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            url = f"http://{host}:{settings.server.port}"
+        if write_key is None:
+            if not settings.write_keys:
+                console.print("[red]error:[/red] no write_keys in settings: pass --write-key")
+                raise typer.Exit(2)
+            write_key = settings.write_keys[0].key.get_secret_value()
+    clock = SystemClock()
+    data = generate(events=events, days=days, seed=seed, now=clock.now())
+    counts = {name: sum(c.persona == name for c in data.customers) for name in PERSONAS}
+    mix = ", ".join(
+        f"{counts[name]} {label}s" for name, (label, _) in PERSONAS.items() if counts[name]
+    )
+    console.print(
+        f"simulated {len(data.customers)} customers over {days} days (seed {seed}): {mix}",
+        highlight=False,
+    )
+    result = send_calls(data.calls, url=url, write_key=write_key, clock=clock)
+    sent, rejected, errors = result.sent, result.rejected, list(result.errors)
+    if live and not result.failed:
+        rng, deadline, visits = random.Random(f"{seed}:live"), time.monotonic() + live_seconds, 0
+        console.print(f"live: sending current visits for {live_seconds} s", highlight=False)
+        while time.monotonic() < deadline:
+            index = 10_000 + visits
+            more = send_calls(
+                live_calls(rng, seed=seed, index=index, now=clock.now()),
+                url=url,
+                write_key=write_key,
+                clock=clock,
+            )
+            sent, rejected = sent + more.sent, rejected + more.rejected
+            errors += more.errors
+            visits += 1
+            if more.failed:
+                result = more
+                break
+            time.sleep(max(0.0, min(rng.uniform(0.5, 3.0), deadline - time.monotonic())))
+        console.print(f"live: {visits} visits", highlight=False)
+    console.print(
+        f"events sent to {url}: {sent + rejected} ({sent} accepted, {rejected} rejected)",
+        highlight=False,
+    )
+    for error in errors[:5]:
+        console.print(f"  [yellow]{error}[/yellow]", highlight=False)
+    if result.failed:
+        console.print(f"[red]error:[/red] {result.failed} events were not delivered")
+        raise typer.Exit(1)
+    console.print("customers to look at:")
+    for label, ref in data.examples().items():
+        console.print(f"  {label:<24} nudge customers show {ref}", highlight=False)
+
+
 def main() -> None:
     app()

@@ -57,8 +57,21 @@ class ValidationError(NudgeError):
 
 
 class AuthError(ValidationError):
+    """``challenge`` is the ``WWW-Authenticate`` scheme to answer with (``Basic``, ``Bearer``)."""
+
     code = "unauthorized"
     status = 401
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        challenge: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.challenge = challenge
 
 
 class LimitError(ValidationError):

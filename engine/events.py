@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from engine.errors import LimitError, ValidationError
@@ -120,20 +120,20 @@ class SegmentEvent(BaseModel):
         "user_id", "anonymous_id", "previous_id", "group_id", "message_id", mode="before"
     )(_id)
 
-    @model_validator(mode="after")
-    def _required(self) -> SegmentEvent:
+    def missing(self) -> tuple[str, str] | None:
+        """(field, reason) of the first field this call type requires but lacks."""
         if self.type == "alias":
             if not self.previous_id:
-                raise ValueError("previousId is required for alias")
+                return "previousId", "previousId is required for alias"
             if not self.user_id:
-                raise ValueError("userId is required for alias")
+                return "userId", "userId is required for alias"
         elif not self.user_id and not self.anonymous_id:
-            raise ValueError("userId or anonymousId is required")
+            return "userId", "userId or anonymousId is required"
         if self.type == "track" and not self.event:
-            raise ValueError("event (the event name) is required for track")
+            return "event", "event (the event name) is required for track"
         if self.type == "group" and not self.group_id:
-            raise ValueError("groupId is required for group")
-        return self
+            return "groupId", "groupId is required for group"
+        return None
 
 
 def pydantic_details(exc: PydanticValidationError, prefix: str = "") -> list[dict[str, str]]:
@@ -231,6 +231,13 @@ def normalize_segment(
         raise ValidationError(
             f"{prefix}type is required in a batch",
             details=[{"field": f"{prefix}type", "message": "missing"}],
+        )
+    lacking = call.missing()
+    if lacking is not None:
+        field_name, reason = lacking
+        raise ValidationError(
+            f"{prefix}{field_name}: {reason}",
+            details=[{"field": f"{prefix}{field_name}", "message": reason}],
         )
 
     original = _utc(call.original_timestamp or call.timestamp)

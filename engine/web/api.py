@@ -35,6 +35,7 @@ def api_router(engine: Engine) -> APIRouter:
             raise AuthError(
                 "a valid admin token is required (Authorization: Bearer <admin_token>)",
                 details=[{"field": "Authorization", "message": "missing or wrong bearer token"}],
+                challenge='Bearer realm="nudge"',
             )
 
     router = APIRouter()

@@ -35,7 +35,8 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NudgeError)
     async def _nudge(_request: Request, exc: NudgeError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else None
+        challenge = getattr(exc, "challenge", None)
+        headers = {"WWW-Authenticate": challenge} if challenge else None
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)

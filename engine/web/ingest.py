@@ -85,6 +85,12 @@ async def read_body(request: Request, limit: int) -> bytes:
             ) from exc
         if inflater.unconsumed_tail:
             raise _too_large(limit + 1, limit)
+        if not inflater.eof or inflater.unused_data:
+            raise ValidationError(
+                "the gzip body is truncated or has trailing data",
+                code="invalid_gzip",
+                details=[{"field": "(body)", "message": "incomplete or multi-member gzip stream"}],
+            )
     elif encoding not in ("", "identity"):
         raise ValidationError(
             f"unsupported Content-Encoding {encoding!r} (use gzip or none)",
@@ -124,25 +130,36 @@ class WriteKeys:
             for k in settings.write_keys
         ]
 
-    def source(self, request: Request, body: Any) -> str:
-        key: str | None = None
+    def header_key(self, request: Request) -> str | None:
+        """The write key of the Basic ``Authorization`` header, if there is one."""
         header = request.headers.get("authorization", "")
-        if header[:6].lower() == "basic ":
-            try:
-                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise AuthError(
-                    "the Authorization header is not valid Basic auth",
-                    details=[{"field": "Authorization", "message": "malformed Basic credentials"}],
-                ) from exc
-            key = decoded.split(":", 1)[0]
-        elif isinstance(body, dict) and isinstance(body.get("writeKey"), str):
+        if not header:
+            return None
+        if header[:6].lower() != "basic ":
+            raise _auth_error("the Authorization header must be Basic auth with the write key")
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise _auth_error("the Authorization header is not valid Basic auth") from exc
+        key = decoded.split(":", 1)[0]
+        if not key:
+            raise _auth_error("the Basic auth user name (the write key) is empty")
+        return key
+
+    def authenticate(self, request: Request) -> str | None:
+        """The source of the Basic auth write key, checked before the body is read; ``None``
+        when the request has no Authorization header (the key may be in the body)."""
+        key = self.header_key(request)
+        return None if key is None else self.source(key)
+
+    def source(self, key: str | None, body: Any = None) -> str:
+        """The source of ``key`` (else of ``writeKey`` in ``body``); AuthError if unknown."""
+        if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
             key = body["writeKey"]
         if not key:
-            raise AuthError(
+            raise _auth_error(
                 "a write key is required: HTTP Basic auth with the write key as user name, "
-                "or writeKey in the body",
-                details=[{"field": "Authorization", "message": "missing"}],
+                "or writeKey in the body"
             )
         digest = hashlib.sha256(key.encode()).digest()
         found = None
@@ -150,10 +167,16 @@ class WriteKeys:
             if hmac.compare_digest(candidate, digest):
                 found = source
         if found is None:
-            raise AuthError(
-                "unknown write key", details=[{"field": "Authorization", "message": "unknown"}]
-            )
+            raise _auth_error("unknown write key")
         return found
+
+
+def _auth_error(message: str) -> AuthError:
+    return AuthError(
+        message,
+        details=[{"field": "Authorization", "message": message}],
+        challenge='Basic realm="nudge"',
+    )
 
 
 def ingest_router(engine: Engine, writer: EventWriter) -> APIRouter:
@@ -165,9 +188,10 @@ def ingest_router(engine: Engine, writer: EventWriter) -> APIRouter:
 
     async def single(request: Request, call_type: str) -> Response:
         received_at = clock.now()
+        source = keys.authenticate(request)
         body = await read_body(request, limits.max_request_bytes)
         data = parse_json(body)
-        source = keys.source(request, data)
+        source = source or keys.source(None, data)
         event = normalize_segment(
             data,
             call_type=call_type,
@@ -205,9 +229,10 @@ def ingest_router(engine: Engine, writer: EventWriter) -> APIRouter:
     @router.post("/v1/batch", tags=["ingest"], summary="Segment batch", openapi_extra=_BATCH_SCHEMA)
     async def batch(request: Request) -> Response:
         received_at = clock.now()
+        source = keys.authenticate(request)
         body = await read_body(request, limits.max_request_bytes)
         data = parse_json(body)
-        source = keys.source(request, data)
+        source = source or keys.source(None, data)
         if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
             raise ValidationError(
                 "batch: a list of events is required",

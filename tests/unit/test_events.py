@@ -66,8 +66,8 @@ def test_numeric_user_ids_become_text() -> None:
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ({"event": "X"}, "batch[2]"),
-        ({"userId": "u"}, "batch[2]"),
+        ({"event": "X"}, "batch[2].userId"),
+        ({"userId": "u"}, "batch[2].event"),
         ({"userId": "u", "event": "X", "properties": "nope"}, "batch[2].properties"),
         ({"userId": {}, "event": "X"}, "batch[2].userId"),
         ({"userId": "u", "event": "X", "timestamp": "yesterday"}, "batch[2].timestamp"),
