@@ -57,13 +57,18 @@ def _logging(settings: Settings) -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
-def _engine(settings: Settings, *, upgrade: bool = True) -> Engine:
+def _engine(settings: Settings, *, upgrade: bool = True, rules: bool = False) -> Engine:
     from engine.store import create_store
 
     store = create_store(settings, SystemClock())
     if upgrade:
         store.upgrade()
-    return Engine(settings=settings, store=store, clock=store.clock)
+    engine = Engine(settings=settings, store=store, clock=store.clock)
+    if rules:
+        engine.rules.reload()
+        # SIGHUP reloads the rules (and templates) without a restart.
+        signal.signal(signal.SIGHUP, lambda *_: engine.rules.reload())
+    return engine
 
 
 def _server_overrides(settings: Settings, host: str | None, port: int | None) -> dict[str, Any]:
@@ -117,10 +122,11 @@ def run(
     settings = _settings(config)
     settings = _settings(config, **_server_overrides(settings, host, port))
     _logging(settings)
-    engine = _engine(settings)
+    engine = _engine(settings, rules=True)
     scheduler = EngineScheduler(engine)
     scheduler.start()
     _banner(settings)
+    _rules_summary(engine)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(engine),
@@ -166,21 +172,25 @@ def worker(
     config: ConfigOption = None,
     once: Annotated[bool, typer.Option(help="Process what is pending, then exit.")] = False,
 ) -> None:
-    """Run the background work (event processing) without the HTTP API."""
+    """Run the background work (events, journeys, schedules) without the HTTP API."""
     from engine.scheduler import EngineScheduler
-    from engine.service import process_until_idle
 
     settings = _settings(config)
     _logging(settings)
-    engine = _engine(settings)
+    engine = _engine(settings, rules=True)
+    scheduler = EngineScheduler(engine)
     if once:
-        count = process_until_idle(engine)
-        console.print(f"processed {count} events")
+        done = scheduler.run_pending()
+        console.print(f"processed {done['process-events']} events")
+        console.print(
+            f"started {done['run-schedules']} scheduled journeys, "
+            f"decided {done['fire-due-steps']} due steps"
+        )
+        engine.store.close()
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    scheduler = EngineScheduler(engine)
     scheduler.start()
     logging.getLogger(__name__).info("worker started")
     stop.wait()
@@ -256,6 +266,31 @@ def _print_profile(doc: dict[str, Any]) -> None:
             json.dumps(event["properties"], default=str)[:80],
         )
     console.print(recent)
+    journeys = Table("rule", "key", "status", "step", "due at", "note", title="journeys")
+    for j in doc.get("journeys", []):
+        journeys.add_row(
+            j["rule"],
+            j["key"] or j["instance"] or "",
+            j["status"],
+            str(j["next_step"] + 1),
+            j["due_at"] or "",
+            j["end_reason"] or "",
+        )
+    console.print(journeys)
+    decisions = Table(
+        "at", "rule", "step", "outcome", "channel", "template", "reason", title="decisions"
+    )
+    for d in doc.get("decisions", []):
+        decisions.add_row(
+            d["at"],
+            d["rule"],
+            str(d["step"] + 1) if d["step"] >= 0 else "-",
+            d["outcome"],
+            d["channel"] or "",
+            d["template"] or "",
+            d["reason"] or "",
+        )
+    console.print(decisions)
 
 
 @secrets_app.command("init")
@@ -280,6 +315,172 @@ def secrets_init(
             with os.fdopen(fd, "w") as handle:
                 handle.write(value + "\n")
             console.print(f"created {path}", highlight=False)
+
+
+def _rules_summary(engine: Engine) -> None:
+    rules = engine.rules.current
+    console.print(
+        f"  rules:    {len(rules.rules)} loaded from {engine.settings.rules_dir}/", highlight=False
+    )
+    for problem in rules.problems:
+        colour = "red" if problem.severity == "error" else "yellow"
+        console.print(f"  [{colour}]{problem}[/{colour}]", highlight=False)
+
+
+@app.command()
+def validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="A rules folder or one rule file (default: rules_dir).")
+    ] = None,
+    config: ConfigOption = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Templates folder (default: templates_dir).")
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Check rules and the templates they name; exit 1 if anything is wrong."""
+    from engine.rules import load_rules
+
+    settings = _settings(config)
+    target = path or settings.rules_dir
+    templates_dir = templates or settings.templates_dir
+    if target.is_file():
+        result = load_rules(target.parent, templates_dir, paths=[target])
+    elif target.is_dir():
+        result = load_rules(target, templates_dir)
+    else:
+        console.print(f"[red]error:[/red] {target} is neither a file nor a folder", highlight=False)
+        raise typer.Exit(2)
+    if output == "json":
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": not result.errors,
+                    "rules": [r.id for r in result.rules],
+                    "problems": [p.to_dict() for p in result.problems],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for problem in result.problems:
+            typer.echo(str(problem))
+        errors = len(result.errors)
+        warnings = len(result.problems) - errors
+        typer.echo(
+            f"{len(result.rules)} rule(s) valid, {errors} error(s), {warnings} warning(s)",
+            err=bool(errors),
+        )
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    rule_id: Annotated[str, typer.Argument(metavar="RULE", help="The rule id.")],
+    customer: Annotated[str, typer.Option(help="Customer id, userId, anonymousId or email.")],
+    event: Annotated[
+        str | None,
+        typer.Option(help='The trigger event as JSON ({"event": ..., "properties": ...}).'),
+    ] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show whether RULE matches a customer, every sub-expression's value, and when each
+    step would fire."""
+    from engine.context import TriggerFacts
+    from engine.events import parse_time
+    from engine.preview import preview as run_preview
+    from engine.service import customer_facts_for
+
+    settings = _settings(config)
+    engine = _engine(settings, upgrade=False)
+    rules = engine.rules.reload()
+    rule = rules.by_id(rule_id)
+    if rule is None:
+        known = ", ".join(r.id for r in rules.rules) or "none"
+        console.print(f"[red]no rule {rule_id!r}[/red] (loaded: {known})", highlight=False)
+        raise typer.Exit(1)
+    customer_id = engine.store.find_customer(customer)
+    facts = customer_facts_for(engine, customer_id) if customer_id is not None else None
+    if facts is None:
+        console.print(f"[red]no customer {customer!r}[/red]", highlight=False)
+        raise typer.Exit(1)
+    now = engine.clock.now()
+    trigger = None
+    if event is not None:
+        try:
+            data = json.loads(event)
+            trigger = TriggerFacts(
+                name=data.get("event") or data.get("name") or data.get("type", "track"),
+                type=data.get("type", "track"),
+                timestamp=parse_time(data["timestamp"], "timestamp")
+                if data.get("timestamp")
+                else now,
+                properties=dict(data.get("properties") or {}),
+            )
+        except (ValueError, AttributeError, NudgeError) as exc:
+            console.print(f"[red]--event is not a usable event:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+    elif rule.trigger.event is not None:
+        view = engine.store.customer_view(customer_id or 0, events=500)
+        for recent in view.recent_events if view else []:
+            name = recent["name"] if recent["type"] == "track" else recent["type"]
+            if name == rule.trigger.event:
+                trigger = TriggerFacts(
+                    name=name,
+                    type=recent["type"],
+                    timestamp=parse_time(recent["timestamp"], "timestamp"),
+                    properties=recent["properties"],
+                    seq=recent["seq"],
+                )
+                break
+    report = run_preview(
+        rule, facts, trigger, now, abandoned_after=settings.processing.abandoned_after
+    )
+    engine.store.close()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    _print_preview(report)
+
+
+def _print_preview(report: dict[str, Any]) -> None:
+    verdict = "[green]matches[/green]" if report["matches"] else "[red]does not match[/red]"
+    console.rule(f"rule {report['rule']} for customer {report['customer']}: {verdict}")
+    if "event" in report:
+        event = report["event"]
+        if event is None:
+            console.print(f"no {report['trigger']['event']!r} event to test (use --event)")
+        else:
+            console.print(f"event: {event['name']} at {event['timestamp']}", highlight=False)
+    else:
+        console.print(
+            f"schedule {report['trigger']['schedule']} in {report['trigger']['zone']}: next "
+            + ", ".join(report["next_occurrences"]),
+            highlight=False,
+        )
+    for label in ("where", "audience", "if", "key"):
+        shown = report.get(label)
+        if not shown:
+            continue
+        table = Table("expression", "value", title=f"{label}: {shown['expression']}")
+        for part in shown["parts"]:
+            table.add_row(part["text"], json.dumps(part["value"], default=str))
+        if shown["error"]:
+            table.add_row("[red]error[/red]", shown["error"])
+        console.print(table)
+    steps = Table("step", "channel", "template", "due at", "step if", title="steps")
+    for step in report["steps"]:
+        cond = step["if"]
+        steps.add_row(
+            str(step["step"]),
+            step["channel"],
+            step["template"],
+            step["due_at"] or "-",
+            "" if cond is None else f"{cond['expression']} → {cond['value']}",
+        )
+    console.print(steps)
 
 
 @app.command()

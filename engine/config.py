@@ -99,8 +99,28 @@ class ProcessingSettings(_Section):
         timedelta(hours=1),
         description="A started checkout without an order after this long counts as abandoned.",
     )
+    trigger_max_lag: timedelta = Field(
+        timedelta(hours=6),
+        description="An event older than this when processed starts no journey (backfills).",
+    )
+    step_max_lateness: timedelta = Field(
+        timedelta(days=1),
+        description="A step found due later than this (engine was down) is skipped, not sent.",
+    )
+    schedule_grace: timedelta = Field(
+        timedelta(hours=6),
+        description="A schedule occurrence missed by up to this long (a restart) still fires.",
+    )
+    due_batch_size: int = Field(1000, ge=1, description="Due journey steps per transaction.")
 
-    @field_validator("interval", "abandoned_after", mode="before")
+    @field_validator(
+        "interval",
+        "abandoned_after",
+        "trigger_max_lag",
+        "step_max_lateness",
+        "schedule_grace",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):

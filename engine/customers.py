@@ -46,6 +46,7 @@ ANONYMOUS = "anonymous"
 DEVICE_ZONE = "$device_timezone"
 
 IdentityKey = tuple[str, str]
+_OPEN_KEPT = 50
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -612,6 +613,10 @@ def compute_stats(
         and c.started_at is not None
         and c.started_at <= now - abandoned_after
     ]
+    open_started = sorted(
+        (c.started_at for c in started if c.completed_at is None and c.started_at is not None),
+        reverse=True,
+    )
     last_order = times[-1] if times else None
     return {
         "has_account": profile.user_id is not None,
@@ -632,6 +637,11 @@ def compute_stats(
         "checkouts_started": len(started),
         "checkouts_completed": len(completed),
         "carts_abandoned": len(abandoned),
+        # Open checkouts (newest 50) so that "abandoned" can be re-derived at any later time.
+        "open_checkouts": [t.isoformat() for t in open_started[:_OPEN_KEPT]],
+        "carts_abandoned_closed": sum(
+            1 for t in open_started[_OPEN_KEPT:] if t <= now - abandoned_after
+        ),
         "order_weekdays": weekdays,
         "order_hours": hours,
         "timezone": zone.key,

@@ -20,8 +20,11 @@ __all__ = [
     "EVENT_PENDING",
     "Checkout",
     "Customer",
+    "DecisionRow",
     "Event",
     "Identity",
+    "JourneyRow",
+    "JourneyTransitionRow",
     "Order",
     "StateEntry",
     "UTCDateTime",
@@ -193,3 +196,74 @@ class StateEntry(SQLModel, table=True):
 def table(model: type[SQLModel]) -> sa.Table:
     """The Core table behind a SQLModel class."""
     return cast(sa.Table, model.__table__)  # type: ignore[attr-defined]
+
+
+class JourneyRow(SQLModel, table=True):
+    """One keyed run of a rule for a customer (reused, with a new generation, on re-trigger)."""
+
+    __tablename__ = "journeys"
+    __table_args__ = (
+        sa.UniqueConstraint("rule_id", "customer_id", "key", "instance", name="uq_journeys_ident"),
+        sa.Index(
+            "ix_journeys_due",
+            "due_at",
+            sqlite_where=sa.text("status = 'active'"),
+            postgresql_where=sa.text("status = 'active'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    rule_id: str = Field(max_length=64)
+    customer_id: int = Field(sa_column=sa.Column(_BigId, nullable=False, index=True))
+    key: str = Field(max_length=255)
+    instance: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    generation: int = Field(default=1)
+    trigger: dict[str, Any] = _json_col()
+    trigger_seq: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))
+    trigger_at: datetime = _ts()
+    next_step: int = Field(default=0)
+    due_at: datetime | None = _ts(nullable=True)
+    variant: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    end_reason: str | None = Field(default=None)
+
+
+class JourneyTransitionRow(SQLModel, table=True):
+    """The history of every journey: started, restarted, exited, step, completed…"""
+
+    __tablename__ = "journey_transitions"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    journey_id: int = Field(sa_column=sa.Column(_BigId, nullable=False, index=True))
+    generation: int
+    kind: str = Field(max_length=32)
+    at: datetime = _ts()
+    event_seq: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))
+    step: int | None = Field(default=None)
+    reason: str | None = Field(default=None)
+
+
+class DecisionRow(SQLModel, table=True):
+    """Every outcome of a rule for a customer, sent or not, with its reason."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (sa.Index("ix_decisions_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    dedupe: str = Field(max_length=400, unique=True)
+    rule_id: str = Field(max_length=64, index=True)
+    customer_id: int = Field(sa_column=sa.Column(_BigId, nullable=False))
+    journey_id: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))
+    generation: int = Field(default=0)
+    step: int = Field(default=0)
+    outcome: str = Field(max_length=32)
+    reason: str | None = Field(default=None)
+    channel: str | None = Field(default=None, max_length=16)
+    template: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=64)
+    at: datetime = _ts()
+    due_at: datetime | None = _ts(nullable=True)
+    event_seq: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))

@@ -7,18 +7,69 @@ at any point leaves either the whole step or none of it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from functools import partial
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.clock import Clock
 from engine.config import Settings
-from engine.customers import EventIn, Outcome, Profile, World, apply_events, compute_stats
-from engine.store.base import ProcessResult, Store
+from engine.context import CustomerFacts, TriggerFacts
+from engine.customers import EventIn, Profile, apply_events, compute_stats
+from engine.journeys import (
+    Decision,
+    Ident,
+    Journey,
+    JourneyOutcome,
+    advance,
+    fire_step,
+    latest_occurrence,
+    on_event,
+    schedule_journeys,
+)
+from engine.locations import Problem
+from engine.rules import Rule, RuleSet, load_rules
+from engine.store.base import Store
 
-__all__ = ["Engine", "customer_profile", "process_events_once", "process_until_idle"]
+__all__ = [
+    "Engine",
+    "RuleBook",
+    "customer_profile",
+    "fire_due_once",
+    "fire_due_until_idle",
+    "process_events_once",
+    "process_until_idle",
+    "run_schedules",
+]
 
 log = logging.getLogger(__name__)
+
+
+class RuleBook:
+    """The loaded rules; :meth:`reload` swaps in a new set atomically."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self.current = RuleSet()
+
+    def reload(self) -> RuleSet:
+        """Load the rules again; a file with an error is skipped and reported."""
+        with self._lock:
+            rules = load_rules(self._settings.rules_dir, self._settings.templates_dir)
+            for problem in rules.problems:
+                log.log(
+                    logging.ERROR if problem.severity == "error" else logging.WARNING,
+                    "rules: %s",
+                    problem,
+                )
+            self.current = rules
+            log.info("rules: %d loaded, %d problem(s)", len(rules.rules), len(rules.problems))
+            return rules
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.current.problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,10 +79,20 @@ class Engine:
     settings: Settings
     store: Store
     clock: Clock
+    rules: RuleBook = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.rules is None:
+            object.__setattr__(self, "rules", RuleBook(self.settings))
 
 
-def _step(clock: Clock, world: World, events: list[EventIn]) -> Outcome:
-    return apply_events(world, events, clock.now())
+@dataclass(frozen=True, kw_only=True)
+class ProcessResult:
+    claimed: int
+    applied: int
+    failed: int
+    journeys: int = 0
+    stale: int = 0
 
 
 def _stats(engine: Engine, profile: Profile) -> dict[str, Any]:
@@ -43,18 +104,74 @@ def _stats(engine: Engine, profile: Profile) -> dict[str, Any]:
     )
 
 
-def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResult:
-    """Apply one batch of pending events to customer profiles."""
-    result = engine.store.process_events(
-        limit or engine.settings.processing.batch_size,
-        partial(_step, engine.clock),
-        partial(_stats, engine),
+def _trigger(event: EventIn) -> TriggerFacts:
+    props = event.payload.get("properties")
+    return TriggerFacts(
+        name=event.name if event.type == "track" and event.name else event.type,
+        type=event.type,
+        timestamp=event.timestamp,
+        properties=props if isinstance(props, dict) else {},
+        seq=event.seq,
     )
-    if result.failed:
+
+
+def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResult:
+    """Apply one batch of pending events to profiles and to the rules' journeys."""
+    settings = engine.settings
+    rules = engine.rules.current
+    with engine.store.unit() as unit:
+        events = unit.claim_events(limit or settings.processing.batch_size)
+        if not events:
+            return ProcessResult(claimed=0, applied=0, failed=0)
+        now = engine.clock.now()
+        world = unit.load_world(events)
+        loaded = set(world.profiles)
+        outcome = apply_events(world, events, now)
+        ids = unit.write_profiles(world, loaded, outcome, lambda p: _stats(engine, p))
+        unit.write_identities(outcome.moved_identities, ids)
+
+        journeys = JourneyOutcome()
+        triggers = [
+            (_trigger(e), ids[outcome.assigned[e.seq]]) for e in events if e.seq in outcome.assigned
+        ]
+        names = {t.name for t, _ in triggers}
+        relevant = [
+            r
+            for r in rules.rules
+            if r.enabled and (r.trigger.event in names or any(x.event in names for x in r.exit_on))
+        ]
+        if relevant:
+            customers = sorted({cid for _, cid in triggers})
+            facts = unit.customer_facts(customers, settings.default_timezone)
+            existing = unit.load_journeys(customers, [r.id for r in relevant])
+            by_customer: dict[int, dict[Ident, Journey]] = {}
+            for ident, journey in existing.items():
+                by_customer.setdefault(ident[1], {})[ident] = journey
+            for trigger, cid in triggers:
+                journeys.extend(
+                    on_event(
+                        relevant,
+                        facts[cid],
+                        trigger,
+                        by_customer.setdefault(cid, {}),
+                        now,
+                        max_lag=settings.processing.trigger_max_lag,
+                        abandoned_after=settings.processing.abandoned_after,
+                    )
+                )
+            unit.write_journeys(journeys)
+        unit.mark_events(outcome, ids)
+    if outcome.failed:
         log.warning(
-            "processor: %d of %d events failed (see events.error)", result.failed, result.claimed
+            "processor: %d of %d events failed (see events.error)", len(outcome.failed), len(events)
         )
-    return result
+    return ProcessResult(
+        claimed=len(events),
+        applied=len(outcome.assigned),
+        failed=len(outcome.failed),
+        journeys=len(journeys.journeys),
+        stale=journeys.stale,
+    )
 
 
 def process_until_idle(engine: Engine, max_batches: int | None = None) -> int:
@@ -70,9 +187,131 @@ def process_until_idle(engine: Engine, max_batches: int | None = None) -> int:
     return total
 
 
+def _late(journey: Journey, rule: Rule, now: datetime, limit: timedelta) -> Decision | None:
+    if journey.due_at is None or now - journey.due_at <= limit:
+        return None
+    step = rule.steps[journey.next_step]
+    return Decision(
+        dedupe=f"j:{rule.id}:{journey.customer_id}:{journey.key}:{journey.instance}:{journey.generation}:{journey.next_step}",
+        rule_id=rule.id,
+        customer_id=journey.customer_id,
+        ident=journey.ident,
+        generation=journey.generation,
+        step=journey.next_step,
+        outcome="skipped",
+        reason=f"late: due {journey.due_at.isoformat()}, more than {limit} ago",
+        channel=step.channel,
+        template=rule.template_for(step, journey.variant),
+        variant=journey.variant,
+        at=now,
+        due_at=journey.due_at,
+        event_seq=journey.trigger.seq,
+    )
+
+
+def fire_due_once(engine: Engine, limit: int | None = None) -> int:
+    """Decide one batch of due journey steps; returns how many steps were handled."""
+    settings = engine.settings
+    rules = engine.rules.current
+    with engine.store.unit() as unit:
+        now = engine.clock.now()
+        due = unit.claim_due_journeys(now, limit or settings.processing.due_batch_size)
+        if not due:
+            return 0
+        facts = unit.customer_facts([j.customer_id for j in due], settings.default_timezone)
+        out = JourneyOutcome()
+        for journey in due:
+            rule = rules.by_id(journey.rule_id)
+            customer = facts.get(journey.customer_id)
+            late = None
+            if rule is not None and rule.enabled and journey.next_step < len(rule.steps):
+                late = _late(journey, rule, now, settings.processing.step_max_lateness)
+            if customer is None or late is not None:
+                assert rule is not None or customer is None
+                if late is not None and rule is not None:
+                    updated = advance(rule, journey, now)
+                    out.decisions.append(late)
+                    out.journeys[journey.ident] = updated
+                    continue
+                if customer is None:
+                    continue
+            updated, decision, transition = fire_step(
+                rule,
+                journey,
+                customer,
+                now,
+                abandoned_after=settings.processing.abandoned_after,
+            )
+            out.journeys[journey.ident] = updated
+            out.transitions.append(transition)
+            if decision is not None:
+                out.decisions.append(decision)
+        unit.write_journeys(out)
+        return len(due)
+
+
+def fire_due_until_idle(engine: Engine, max_batches: int | None = None) -> int:
+    total = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        handled = fire_due_once(engine)
+        total += handled
+        batches += 1
+        if handled == 0:
+            break
+    return total
+
+
+def run_schedules(engine: Engine, *, batch: int = 5000) -> int:
+    """Start the journeys of schedule-triggered rules whose cron fired (in each customer's
+    zone, or the rule's own); each occurrence once per customer. Returns journeys started."""
+    settings = engine.settings
+    started = 0
+    now = engine.clock.now()
+    for rule in engine.rules.current.rules:
+        if not rule.enabled or rule.trigger.schedule is None:
+            continue
+        with engine.store.unit() as unit:
+            zones = (
+                unit.customer_zones(settings.default_timezone)
+                if rule.trigger.timezone == "customer"
+                else [rule.trigger.timezone]
+            )
+        for zone in zones:
+            occurrence = latest_occurrence(rule.trigger.schedule, zone, now)
+            if now - occurrence > settings.processing.schedule_grace:
+                continue
+            state_key = f"schedule:{rule.id}:{zone}:{occurrence.isoformat()}"
+            while True:
+                with engine.store.unit() as unit:
+                    state = unit.get_state(state_key) or {"after_id": 0, "done": False}
+                    if state["done"]:
+                        break
+                    zone_filter = zone if rule.trigger.timezone == "customer" else None
+                    customers = unit.customers_in_zone(
+                        zone_filter, settings.default_timezone, state["after_id"], batch
+                    )
+                    existing = unit.existing_journeys(
+                        rule.id, occurrence.isoformat(), [c.id for c in customers]
+                    )
+                    out = schedule_journeys(
+                        rule,
+                        customers,
+                        occurrence,
+                        now,
+                        existing,
+                        abandoned_after=settings.processing.abandoned_after,
+                    )
+                    unit.write_journeys(out)
+                    started += len(out.journeys)
+                    last = customers[-1].id if customers else state["after_id"]
+                    unit.set_state(state_key, {"after_id": last, "done": len(customers) < batch})
+    return started
+
+
 def customer_profile(engine: Engine, ref: str, *, events: int = 20) -> dict[str, Any] | None:
     """The unified profile of the customer ``ref`` names (id, userId, anonymousId, email),
-    with statistics recomputed as of now; ``None`` if there is no such customer."""
+    with statistics recomputed as of now, journeys and decisions; ``None`` if unknown."""
     customer_id = engine.store.find_customer(ref)
     if customer_id is None:
         return None
@@ -112,7 +351,15 @@ def customer_profile(engine: Engine, ref: str, *, events: int = 20) -> dict[str,
             }
             for c in profile.checkouts.values()
         ],
+        "journeys": view.journeys,
+        "decisions": view.decisions,
         "created_at": view.created_at.isoformat() if view.created_at else None,
         "updated_at": view.updated_at.isoformat() if view.updated_at else None,
         "recent_events": view.recent_events,
     }
+
+
+def customer_facts_for(engine: Engine, customer_id: int) -> CustomerFacts | None:
+    """The rule-facing facts of one customer (for preview)."""
+    with engine.store.unit() as unit:
+        return unit.customer_facts([customer_id], engine.settings.default_timezone).get(customer_id)

@@ -6,7 +6,7 @@ differences are decided here and nowhere else.
 
 from __future__ import annotations
 
-from engine.store.base import CustomerView, ProcessResult, Store
+from engine.store.base import CustomerView, Store, Unit
 from engine.store.sql import SqlStore, create_store
 
-__all__ = ["CustomerView", "ProcessResult", "SqlStore", "Store", "create_store"]
+__all__ = ["CustomerView", "SqlStore", "Store", "Unit", "create_store"]

@@ -1,25 +1,22 @@
-"""The storage port: what the service and the web app need from a database."""
+"""The storage port: what the service and the web app need from a database.
+
+:class:`Store` is the database; :class:`Unit` is one open write transaction on it, through
+which the service claims work, loads what its pure steps need and writes their results.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from engine.context import CustomerFacts
 from engine.customers import EventIn, Outcome, Profile, World
+from engine.journeys import Ident, Journey, JourneyOutcome
 
-__all__ = ["CustomerView", "EventStep", "ProcessResult", "Store"]
-
-#: The pure step a batch of events goes through: (world, events) → outcome.
-EventStep = Callable[[World, list[EventIn]], Outcome]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProcessResult:
-    claimed: int
-    applied: int
-    failed: int
+__all__ = ["CustomerView", "Store", "Unit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +29,54 @@ class CustomerView:
     created_at: datetime | None
     updated_at: datetime | None
     recent_events: list[dict[str, Any]] = field(default_factory=list)
+    journeys: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Unit(Protocol):
+    """One write transaction."""
+
+    def claim_events(self, limit: int) -> list[EventIn]: ...
+
+    def load_world(self, events: list[EventIn]) -> World: ...
+
+    def write_profiles(
+        self,
+        world: World,
+        loaded: set[int],
+        outcome: Outcome,
+        stats: Callable[[Profile], dict[str, Any]],
+    ) -> dict[int, int]: ...
+
+    def write_identities(self, moved: dict[tuple[str, str], int], ids: dict[int, int]) -> None: ...
+
+    def mark_events(self, outcome: Outcome, ids: dict[int, int]) -> None: ...
+
+    def customer_facts(
+        self, ids: Sequence[int], default_timezone: str
+    ) -> dict[int, CustomerFacts]: ...
+
+    def load_journeys(
+        self, customer_ids: Sequence[int], rule_ids: Sequence[str]
+    ) -> dict[Ident, Journey]: ...
+
+    def claim_due_journeys(self, now: datetime, limit: int) -> list[Journey]: ...
+
+    def existing_journeys(
+        self, rule_id: str, instance: str, customer_ids: Sequence[int]
+    ) -> set[Ident]: ...
+
+    def write_journeys(self, outcome: JourneyOutcome) -> None: ...
+
+    def customer_zones(self, default_timezone: str) -> list[str]: ...
+
+    def customers_in_zone(
+        self, zone: str | None, default_timezone: str, after_id: int, limit: int
+    ) -> list[CustomerFacts]: ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None: ...
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None: ...
 
 
 class Store(Protocol):
@@ -46,11 +91,8 @@ class Store(Protocol):
         """
         ...
 
-    def process_events(
-        self, limit: int, step: EventStep, stats: Callable[[Profile], dict[str, Any]]
-    ) -> ProcessResult:
-        """Claim up to ``limit`` pending events in arrival order, run ``step`` on them and
-        write the outcome, all in one transaction."""
+    def unit(self) -> AbstractContextManager[Unit]:
+        """A write transaction: everything done through the unit commits together."""
         ...
 
     def find_customer(self, ref: str) -> int | None:

@@ -53,6 +53,15 @@ def api_router(engine: Engine) -> APIRouter:
             )
         return doc
 
+    @admin.get("/rules", summary="Loaded rules and the problems found in rule files")
+    async def get_rules() -> dict[str, Any]:
+        return _rules_doc(engine)
+
+    @admin.post("/rules/reload", summary="Reload rules and templates from disk")
+    async def reload_rules() -> dict[str, Any]:
+        await run_in_threadpool(engine.rules.reload)
+        return _rules_doc(engine)
+
     @router.get("/healthz", tags=["ops"], summary="Liveness and queue depth")
     async def healthz() -> dict[str, Any]:
         pending = await run_in_threadpool(engine.store.pending_events)
@@ -60,3 +69,26 @@ def api_router(engine: Engine) -> APIRouter:
 
     router.include_router(admin)
     return router
+
+
+def _rules_doc(engine: Engine) -> dict[str, Any]:
+    current = engine.rules.current
+    return {
+        "rules": [
+            {
+                "id": r.id,
+                "description": r.description,
+                "enabled": r.enabled,
+                "trigger": r.trigger.event or f"schedule {r.trigger.schedule}",
+                "steps": [
+                    {"wait": s.wait.total_seconds(), "channel": s.channel, "template": s.template}
+                    for s in r.steps
+                ],
+                "priority": r.priority,
+                "file": r.file,
+            }
+            for r in current.rules
+        ],
+        "problems": [p.to_dict() for p in current.problems],
+        "loaded_at": current.loaded_at.isoformat(),
+    }

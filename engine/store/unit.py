@@ -1,0 +1,646 @@
+"""One transaction's worth of store operations (the unit of work the service drives).
+
+The service opens a unit with :meth:`SqlStore.unit`, and claims, loads, runs its pure steps
+and writes through it; everything commits together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from engine.clock import Clock
+from engine.context import CustomerFacts, TriggerFacts
+from engine.customers import (
+    ANONYMOUS,
+    USER,
+    CheckoutState,
+    EventIn,
+    OrderState,
+    Outcome,
+    Profile,
+    World,
+)
+from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome
+from engine.models import (
+    EVENT_DONE,
+    EVENT_FAILED,
+    EVENT_PENDING,
+    Checkout,
+    Customer,
+    DecisionRow,
+    Event,
+    Identity,
+    JourneyRow,
+    JourneyTransitionRow,
+    Order,
+    StateEntry,
+    table,
+)
+
+__all__ = ["SqlUnit", "dialect_insert", "load_profiles"]
+
+EVENTS = table(Event)
+CUSTOMERS = table(Customer)
+IDENTITIES = table(Identity)
+ORDERS = table(Order)
+CHECKOUTS = table(Checkout)
+JOURNEYS = table(JourneyRow)
+TRANSITIONS = table(JourneyTransitionRow)
+DECISIONS = table(DecisionRow)
+STATE = table(StateEntry)
+
+_CHUNK = 500  # bound parameters per IN (...) list
+
+
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def dialect_insert(dialect: str, tbl: sa.Table) -> Any:
+    """INSERT with the dialect's ON CONFLICT support."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(tbl)
+
+
+def _parse(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value)
+
+
+def load_profiles(conn: Connection, ids: Sequence[int]) -> dict[int, Profile]:
+    profiles: dict[int, Profile] = {}
+    for chunk in chunks(ids):
+        for r in conn.execute(sa.select(CUSTOMERS).where(CUSTOMERS.c.id.in_(chunk))):
+            profiles[r.id] = Profile(
+                key=r.id,
+                user_id=r.user_id,
+                traits=dict(r.traits or {}),
+                trait_times=dict(r.trait_times or {}),
+                consent=dict(r.consent or {}),
+                event_counts=dict(r.event_counts or {}),
+                first_seen_at=r.first_seen_at,
+                last_seen_at=r.last_seen_at,
+                context_timezone=r.device_timezone,
+                created_at=r.created_at,
+            )
+        for r in conn.execute(
+            sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.customer_id).where(
+                IDENTITIES.c.customer_id.in_(chunk)
+            )
+        ):
+            if r.customer_id in profiles:
+                profiles[r.customer_id].identities.add((r.kind, r.value))
+        for r in conn.execute(sa.select(ORDERS).where(ORDERS.c.customer_id.in_(chunk))):
+            if r.customer_id in profiles:
+                profiles[r.customer_id].orders[r.order_id] = OrderState(
+                    order_id=r.order_id,
+                    cart_id=r.cart_id,
+                    placed_at=r.placed_at,
+                    revenue=r.revenue,
+                    refunded=r.refunded,
+                    cancelled=r.cancelled,
+                    currency=r.currency,
+                    discount=r.discount,
+                    coupon=r.coupon,
+                    products=list(r.products or []),
+                )
+        for r in conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.customer_id.in_(chunk))):
+            if r.customer_id in profiles:
+                profiles[r.customer_id].checkouts[r.cart_id] = CheckoutState(
+                    cart_id=r.cart_id,
+                    started_at=r.started_at,
+                    completed_at=r.completed_at,
+                    updated_at=r.updated_at,
+                    value=r.value,
+                    currency=r.currency,
+                    products=list(r.products or []),
+                )
+    return profiles
+
+
+class SqlUnit:
+    """Store operations bound to one open transaction."""
+
+    def __init__(self, conn: Connection, *, dialect: str, clock: Clock) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.clock = clock
+
+    def _insert(self, tbl: sa.Table) -> Any:
+        return dialect_insert(self.dialect, tbl)
+
+    def _upsert(self, tbl: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(tbl)
+        update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+        self.conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def claim_events(self, limit: int) -> list[EventIn]:
+        query = (
+            sa.select(
+                EVENTS.c.seq,
+                EVENTS.c.type,
+                EVENTS.c.name,
+                EVENTS.c.user_id,
+                EVENTS.c.anonymous_id,
+                EVENTS.c.previous_id,
+                EVENTS.c.timestamp,
+                EVENTS.c.payload,
+            )
+            .where(EVENTS.c.status == EVENT_PENDING)
+            .order_by(EVENTS.c.seq)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [
+            EventIn(
+                seq=r.seq,
+                type=r.type,
+                name=r.name,
+                user_id=r.user_id,
+                anonymous_id=r.anonymous_id,
+                previous_id=r.previous_id,
+                timestamp=r.timestamp,
+                payload=r.payload or {},
+            )
+            for r in self.conn.execute(query)
+        ]
+
+    # -- world loading and writing ------------------------------------------------------------
+
+    def load_world(self, events: list[EventIn]) -> World:
+        idents: set[tuple[str, str]] = set()
+        order_ids: set[str] = set()
+        cart_ids: set[str] = set()
+        for e in events:
+            if e.user_id:
+                idents.add((USER, e.user_id))
+            if e.anonymous_id:
+                idents.add((ANONYMOUS, e.anonymous_id))
+            if e.previous_id:
+                idents.add((USER, e.previous_id))
+                idents.add((ANONYMOUS, e.previous_id))
+            props = e.payload.get("properties")
+            if isinstance(props, dict):
+                for name in ("order_id",):
+                    if props.get(name) is not None:
+                        order_ids.add(str(props[name]).strip())
+                for name in ("cart_id", "checkout_id"):
+                    if props.get(name) is not None:
+                        cart_ids.add(str(props[name]).strip())
+        ids: set[int] = set()
+        for users_or_anons in (USER, ANONYMOUS):
+            values = [v for k, v in idents if k == users_or_anons]
+            for chunk in chunks(values):
+                ids.update(
+                    self.conn.execute(
+                        sa.select(IDENTITIES.c.customer_id).where(
+                            IDENTITIES.c.kind == users_or_anons, IDENTITIES.c.value.in_(chunk)
+                        )
+                    ).scalars()
+                )
+        for chunk in chunks(sorted(order_ids)):
+            ids.update(
+                self.conn.execute(
+                    sa.select(ORDERS.c.customer_id).where(ORDERS.c.order_id.in_(chunk))
+                ).scalars()
+            )
+        for chunk in chunks(sorted(cart_ids)):
+            ids.update(
+                self.conn.execute(
+                    sa.select(CHECKOUTS.c.customer_id).where(CHECKOUTS.c.cart_id.in_(chunk))
+                ).scalars()
+            )
+        world = World()
+        for profile in load_profiles(self.conn, sorted(ids)).values():
+            world.add(profile)
+        return world
+
+    def _customer_row(
+        self, profile: Profile, stats: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        email = profile.traits.get("email")
+        return {
+            "user_id": profile.user_id,
+            "anonymous_id": profile.anonymous_id,
+            "email": email.strip().lower() if isinstance(email, str) and email.strip() else None,
+            "timezone": stats.get("timezone"),
+            "device_timezone": profile.context_timezone,
+            "traits": profile.traits,
+            "trait_times": profile.trait_times,
+            "consent": profile.consent,
+            "stats": stats,
+            "event_counts": profile.event_counts,
+            "first_seen_at": profile.first_seen_at,
+            "last_seen_at": profile.last_seen_at,
+            "orders_count": stats.get("orders", 0),
+            "revenue": stats.get("revenue", 0.0),
+            "first_order_at": _parse(stats.get("first_order_at")),
+            "last_order_at": _parse(stats.get("last_order_at")),
+            "updated_at": now,
+        }
+
+    def write_profiles(
+        self,
+        world: World,
+        loaded: set[int],
+        outcome: Outcome,
+        stats: Callable[[Profile], dict[str, Any]],
+    ) -> dict[int, int]:
+        dirty, merged = outcome.dirty, outcome.merged
+        now = self.clock.now()
+        ids = {key: key for key in loaded}
+        # Losers first: they give up their identities (and, for alias merges, their userId).
+        survivors = {loser: into for loser, into in merged.items() if loser > 0}
+        rows: dict[int, dict[str, Any]] = {}
+        for key in sorted(dirty):
+            profile = world.profiles.get(key)
+            if profile is not None:
+                rows[key] = self._customer_row(profile, stats(profile), now)
+        new_keys = [key for key in rows if key < 0]
+        if new_keys:
+            created = self.conn.execute(
+                CUSTOMERS.insert().returning(CUSTOMERS.c.id, sort_by_parameter_order=True),
+                [{**rows[key], "created_at": now} for key in new_keys],
+            ).scalars()
+            ids.update(zip(new_keys, created, strict=True))
+        if survivors:
+            self.conn.execute(
+                CUSTOMERS.update()
+                .where(CUSTOMERS.c.id == sa.bindparam("b_id"))
+                .values(merged_into=sa.bindparam("b_into"), user_id=None),
+                [{"b_id": loser, "b_into": ids[into]} for loser, into in survivors.items()],
+            )
+            for loser, into in survivors.items():
+                self.move_customer_history(loser, ids[into])
+        updates = [{"b_id": key, **row} for key, row in rows.items() if key > 0]
+        if updates:
+            self.conn.execute(
+                CUSTOMERS.update()
+                .where(CUSTOMERS.c.id == sa.bindparam("b_id"))
+                .values({c: sa.bindparam(c) for c in updates[0] if c != "b_id"}),
+                updates,
+            )
+        orders: list[dict[str, Any]] = []
+        for order_id in sorted(outcome.orders):
+            key = world.order_owner[order_id]
+            o = world.profiles[key].orders[order_id]
+            orders.append(
+                {
+                    "order_id": o.order_id,
+                    "customer_id": ids[key],
+                    "cart_id": o.cart_id,
+                    "placed_at": o.placed_at,
+                    "revenue": o.revenue,
+                    "refunded": o.refunded,
+                    "cancelled": o.cancelled,
+                    "currency": o.currency,
+                    "discount": o.discount,
+                    "coupon": o.coupon,
+                    "products": o.products,
+                }
+            )
+        checkouts: list[dict[str, Any]] = []
+        for cart_id in sorted(outcome.checkouts):
+            key = world.checkout_owner[cart_id]
+            c = world.profiles[key].checkouts[cart_id]
+            checkouts.append(
+                {
+                    "cart_id": c.cart_id,
+                    "customer_id": ids[key],
+                    "started_at": c.started_at,
+                    "completed_at": c.completed_at,
+                    "updated_at": c.updated_at,
+                    "value": c.value,
+                    "currency": c.currency,
+                    "products": c.products,
+                }
+            )
+        self._upsert(ORDERS, orders, ["order_id"])
+        self._upsert(CHECKOUTS, checkouts, ["cart_id"])
+        return ids
+
+    def write_identities(self, moved: dict[tuple[str, str], int], ids: dict[int, int]) -> None:
+        now = self.clock.now()
+        rows = [
+            {"kind": kind, "value": value, "customer_id": ids[key], "first_seen_at": now}
+            for (kind, value), key in sorted(moved.items())
+        ]
+        if not rows:
+            return
+        stmt = self._insert(IDENTITIES)
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["kind", "value"], set_={"customer_id": stmt.excluded.customer_id}
+            ),
+            rows,
+        )
+
+    def mark_events(self, outcome: Outcome, ids: dict[int, int]) -> None:
+        """Events applied (with their customer) or failed (with the reason)."""
+        rows: list[dict[str, Any]] = [
+            {"b_seq": seq, "b_customer": ids[key], "b_status": EVENT_DONE, "b_error": None}
+            for seq, key in outcome.assigned.items()
+        ]
+        rows += [
+            {"b_seq": seq, "b_customer": None, "b_status": EVENT_FAILED, "b_error": reason}
+            for seq, reason in outcome.failed.items()
+        ]
+        if rows:
+            self.conn.execute(
+                EVENTS.update()
+                .where(EVENTS.c.seq == sa.bindparam("b_seq"))
+                .values(
+                    status=sa.bindparam("b_status"),
+                    customer_id=sa.bindparam("b_customer"),
+                    error=sa.bindparam("b_error"),
+                ),
+                rows,
+            )
+
+    def move_customer_history(self, loser: int, survivor: int) -> None:
+        """After a merge: the loser's events, decisions and journeys belong to the survivor.
+
+        A journey the survivor already has for the same rule and key stays the survivor's;
+        the loser's twin is cancelled.
+        """
+        self.conn.execute(
+            EVENTS.update().where(EVENTS.c.customer_id == loser).values(customer_id=survivor)
+        )
+        self.conn.execute(
+            DECISIONS.update().where(DECISIONS.c.customer_id == loser).values(customer_id=survivor)
+        )
+        twin = JOURNEYS.alias("twin")
+        clash = (
+            sa.select(twin.c.id)
+            .where(
+                twin.c.customer_id == survivor,
+                twin.c.rule_id == JOURNEYS.c.rule_id,
+                twin.c.key == JOURNEYS.c.key,
+                twin.c.instance == JOURNEYS.c.instance,
+            )
+            .exists()
+        )
+        self.conn.execute(
+            JOURNEYS.update()
+            .where(JOURNEYS.c.customer_id == loser, ~clash)
+            .values(customer_id=survivor)
+        )
+        self.conn.execute(
+            JOURNEYS.update()
+            .where(JOURNEYS.c.customer_id == loser, JOURNEYS.c.status == ACTIVE)
+            .values(
+                status=CANCELLED,
+                due_at=None,
+                ended_at=self.clock.now(),
+                end_reason=f"merged into customer {survivor}",
+            )
+        )
+
+    # -- rule context -------------------------------------------------------------------------
+
+    def customer_facts(self, ids: Sequence[int], default_timezone: str) -> dict[int, CustomerFacts]:
+        out: dict[int, CustomerFacts] = {}
+        columns = (
+            CUSTOMERS.c.id,
+            CUSTOMERS.c.user_id,
+            CUSTOMERS.c.anonymous_id,
+            CUSTOMERS.c.email,
+            CUSTOMERS.c.timezone,
+            CUSTOMERS.c.traits,
+            CUSTOMERS.c.consent,
+            CUSTOMERS.c.stats,
+            CUSTOMERS.c.event_counts,
+        )
+        for chunk in chunks(sorted(set(ids))):
+            for r in self.conn.execute(sa.select(*columns).where(CUSTOMERS.c.id.in_(chunk))):
+                out[r.id] = _facts(r, default_timezone)
+        return out
+
+    # -- journeys -------------------------------------------------------------------------------
+
+    def load_journeys(
+        self, customer_ids: Sequence[int], rule_ids: Sequence[str]
+    ) -> dict[Ident, Journey]:
+        """Every journey (any status) of these customers for these rules."""
+        out: dict[Ident, Journey] = {}
+        if not rule_ids:
+            return out
+        for chunk in chunks(sorted(set(customer_ids))):
+            query = sa.select(JOURNEYS).where(
+                JOURNEYS.c.customer_id.in_(chunk), JOURNEYS.c.rule_id.in_(sorted(set(rule_ids)))
+            )
+            for r in self.conn.execute(query):
+                journey = _journey(r)
+                out[journey.ident] = journey
+        return out
+
+    def claim_due_journeys(self, now: datetime, limit: int) -> list[Journey]:
+        query = (
+            sa.select(JOURNEYS)
+            .where(JOURNEYS.c.status == ACTIVE, JOURNEYS.c.due_at <= now)
+            .order_by(JOURNEYS.c.due_at, JOURNEYS.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [_journey(r) for r in self.conn.execute(query)]
+
+    def existing_journeys(
+        self, rule_id: str, instance: str, customer_ids: Sequence[int]
+    ) -> set[Ident]:
+        found: set[Ident] = set()
+        for chunk in chunks(sorted(set(customer_ids))):
+            query = sa.select(JOURNEYS.c.customer_id, JOURNEYS.c.key).where(
+                JOURNEYS.c.rule_id == rule_id,
+                JOURNEYS.c.instance == instance,
+                JOURNEYS.c.customer_id.in_(chunk),
+            )
+            found.update(
+                (rule_id, r.customer_id, r.key, instance) for r in self.conn.execute(query)
+            )
+        return found
+
+    def write_journeys(self, outcome: JourneyOutcome) -> None:
+        """Journeys (new and changed), their transitions and the decisions, all at once."""
+        now = self.clock.now()
+        ids: dict[Ident, int] = {}
+        new = [j for j in outcome.journeys.values() if j.id is None]
+        old = [j for j in outcome.journeys.values() if j.id is not None]
+        if new:
+            created = self.conn.execute(
+                JOURNEYS.insert().returning(JOURNEYS.c.id, sort_by_parameter_order=True),
+                [{**_journey_row(j), "created_at": now, "updated_at": now} for j in new],
+            ).scalars()
+            ids.update(zip((j.ident for j in new), created, strict=True))
+        if old:
+            rows = [{"b_id": j.id, **_journey_row(j), "updated_at": now} for j in old]
+            self.conn.execute(
+                JOURNEYS.update()
+                .where(JOURNEYS.c.id == sa.bindparam("b_id"))
+                .values({c: sa.bindparam(c) for c in rows[0] if c != "b_id"}),
+                rows,
+            )
+            ids.update((j.ident, j.id) for j in old if j.id is not None)
+        missing = {t.ident for t in outcome.transitions if t.ident not in ids}
+        missing |= {
+            d.ident for d in outcome.decisions if d.ident is not None and d.ident not in ids
+        }
+        for ident in missing:
+            found = self.conn.execute(
+                sa.select(JOURNEYS.c.id).where(
+                    JOURNEYS.c.rule_id == ident[0],
+                    JOURNEYS.c.customer_id == ident[1],
+                    JOURNEYS.c.key == ident[2],
+                    JOURNEYS.c.instance == ident[3],
+                )
+            ).scalar()
+            if found is not None:
+                ids[ident] = found
+        transitions = [
+            {
+                "journey_id": ids[t.ident],
+                "generation": t.generation,
+                "kind": t.kind,
+                "at": t.at,
+                "event_seq": t.event_seq,
+                "step": t.step,
+                "reason": t.reason,
+            }
+            for t in outcome.transitions
+            if t.ident in ids
+        ]
+        if transitions:
+            self.conn.execute(TRANSITIONS.insert(), transitions)
+        self.write_decisions(
+            [
+                {
+                    "dedupe": d.dedupe,
+                    "rule_id": d.rule_id,
+                    "customer_id": d.customer_id,
+                    "journey_id": ids.get(d.ident) if d.ident is not None else None,
+                    "generation": d.generation,
+                    "step": d.step,
+                    "outcome": d.outcome,
+                    "reason": d.reason,
+                    "channel": d.channel,
+                    "template": d.template,
+                    "variant": d.variant,
+                    "at": d.at,
+                    "due_at": d.due_at,
+                    "event_seq": d.event_seq,
+                }
+                for d in outcome.decisions
+            ]
+        )
+
+    def write_decisions(self, rows: list[dict[str, Any]]) -> int:
+        """Insert decisions; one already recorded (same ``dedupe``) is left as it was."""
+        if not rows:
+            return 0
+        stmt = self._insert(DECISIONS).on_conflict_do_nothing(index_elements=["dedupe"])
+        return max(self.conn.execute(stmt, rows).rowcount, 0)
+
+    # -- schedule triggers ------------------------------------------------------------------------
+
+    def customer_zones(self, default_timezone: str) -> list[str]:
+        zones = self.conn.execute(
+            sa.select(sa.func.coalesce(CUSTOMERS.c.timezone, default_timezone))
+            .where(CUSTOMERS.c.merged_into.is_(None))
+            .distinct()
+        ).scalars()
+        return sorted(set(zones))
+
+    def customers_in_zone(
+        self, zone: str | None, default_timezone: str, after_id: int, limit: int
+    ) -> list[CustomerFacts]:
+        """Live customers (``zone`` None: all) with id > ``after_id``, in id order."""
+        query = (
+            sa.select(
+                CUSTOMERS.c.id,
+                CUSTOMERS.c.user_id,
+                CUSTOMERS.c.anonymous_id,
+                CUSTOMERS.c.email,
+                CUSTOMERS.c.timezone,
+                CUSTOMERS.c.traits,
+                CUSTOMERS.c.consent,
+                CUSTOMERS.c.stats,
+                CUSTOMERS.c.event_counts,
+            )
+            .where(CUSTOMERS.c.merged_into.is_(None), CUSTOMERS.c.id > after_id)
+            .order_by(CUSTOMERS.c.id)
+            .limit(limit)
+        )
+        if zone is not None:
+            zone_col = sa.func.coalesce(CUSTOMERS.c.timezone, default_timezone)
+            query = query.where(zone_col == zone)
+        return [_facts(r, default_timezone) for r in self.conn.execute(query)]
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        value = self.conn.execute(sa.select(STATE.c.value).where(STATE.c.key == key)).scalar()
+        return dict(value) if value is not None else None
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        self._upsert(STATE, [{"key": key, "value": value, "updated_at": self.clock.now()}], ["key"])
+
+
+def _facts(r: Any, default_timezone: str) -> CustomerFacts:
+    return CustomerFacts(
+        id=r.id,
+        user_id=r.user_id,
+        anonymous_id=r.anonymous_id,
+        email=r.email,
+        timezone=r.timezone or default_timezone,
+        traits=dict(r.traits or {}),
+        consent=dict(r.consent or {}),
+        stats=dict(r.stats or {}),
+        event_counts=dict(r.event_counts or {}),
+    )
+
+
+def _journey(r: Any) -> Journey:
+    return Journey(
+        id=r.id,
+        rule_id=r.rule_id,
+        customer_id=r.customer_id,
+        key=r.key,
+        instance=r.instance,
+        status=r.status,
+        generation=r.generation,
+        trigger=TriggerFacts.from_snapshot(r.trigger),
+        next_step=r.next_step,
+        due_at=r.due_at,
+        variant=r.variant,
+        ended_at=r.ended_at,
+        end_reason=r.end_reason,
+    )
+
+
+def _journey_row(j: Journey) -> dict[str, Any]:
+    return {
+        "rule_id": j.rule_id,
+        "customer_id": j.customer_id,
+        "key": j.key,
+        "instance": j.instance,
+        "status": j.status,
+        "generation": j.generation,
+        "trigger": j.trigger.snapshot(),
+        "trigger_seq": j.trigger.seq,
+        "trigger_at": j.trigger.timestamp,
+        "next_step": j.next_step,
+        "due_at": j.due_at,
+        "variant": j.variant,
+        "ended_at": j.ended_at,
+        "end_reason": j.end_reason,
+    }
