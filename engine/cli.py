@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import os
@@ -136,6 +137,7 @@ def run(
             access_log=False,
         )
     )
+    gc.freeze()  # the long-lived heap is built: keep full collections off the request path
     try:
         server.run()
     finally:
@@ -158,8 +160,10 @@ def serve(
     settings = _settings(config, **_server_overrides(settings, host, port))
     _logging(settings)
     engine = _engine(settings)
+    app_ = create_app(engine)
+    gc.freeze()  # the long-lived heap is built: keep full collections off the request path
     uvicorn.run(
-        create_app(engine),
+        app_,
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.log_level.lower(),

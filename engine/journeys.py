@@ -194,7 +194,12 @@ def on_event(
                 key, _ = _key(rule, values)
                 if key is None:
                     continue
-            for existing, journey in list(journeys.items()):
+            if key is not None and rule.trigger.on_repeat != "parallel":
+                direct = (rule.id, customer.id, key, "")
+                candidates = [(direct, journeys[direct])] if direct in journeys else []
+            else:
+                candidates = [(i, j) for i, j in journeys.items() if i[0] == rule.id]
+            for existing, journey in candidates:
                 if (
                     journey.rule_id == rule.id
                     and journey.status == ACTIVE
@@ -243,8 +248,13 @@ def on_event(
         instance = str(event.seq) if rule.trigger.on_repeat == "parallel" else ""
         ident: Ident = (rule.id, customer.id, key, instance)
         current = journeys.get(ident)
-        if current is not None and current.trigger.seq == event.seq:
-            continue  # this very event already started it
+        if (
+            current is not None
+            and current.trigger.seq is not None
+            and event.seq is not None
+            and event.seq <= current.trigger.seq
+        ):
+            continue  # this event, or a later one, already (re)started it: a replay
         if current is not None and current.status == ACTIVE:
             if rule.trigger.on_repeat == "ignore":
                 out.transitions.append(

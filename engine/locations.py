@@ -8,7 +8,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Located", "LocatedDict", "LocatedList", "Problem", "load_located", "locate"]
+__all__ = [
+    "Located",
+    "LocatedDict",
+    "LocatedList",
+    "Problem",
+    "load_located",
+    "locate",
+    "value_style",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +57,7 @@ class LocatedDict(dict[Any, Any]):
     at: Located
     keys_at: dict[Any, Located]
     values_at: dict[Any, Located]
+    styles: dict[Any, str | None]  # scalar style of each value: None, "'", '"', "|", ">"
 
 
 class LocatedList(list[Any]):
@@ -67,7 +76,7 @@ class _Loader(yaml.SafeLoader):
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
     loader.flatten_mapping(node)
     out = LocatedDict()
-    out.at, out.keys_at, out.values_at = _mark(node), {}, {}
+    out.at, out.keys_at, out.values_at, out.styles = _mark(node), {}, {}, {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in out:
@@ -77,6 +86,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
         out[key] = loader.construct_object(value_node, deep=True)
         out.keys_at[key] = _mark(key_node)
         out.values_at[key] = _mark(value_node)
+        out.styles[key] = getattr(value_node, "style", None)
     return out
 
 
@@ -115,3 +125,19 @@ def locate(root: Any, loc: tuple[Any, ...], *, key: bool = False) -> Located:
         else:
             break
     return best
+
+
+def value_style(root: Any, loc: tuple[Any, ...]) -> str | None:
+    """The YAML scalar style of the value at ``loc`` (None: plain, or not found)."""
+    node = root
+    for part in loc[:-1]:
+        if isinstance(node, dict | list) and (
+            (isinstance(node, dict) and part in node)
+            or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        ):
+            node = node[part]
+        else:
+            return None
+    if isinstance(node, LocatedDict) and loc and loc[-1] in node.styles:
+        return node.styles[loc[-1]]
+    return None

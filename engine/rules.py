@@ -24,7 +24,14 @@ from pydantic import ValidationError as PydanticValidationError
 
 from engine.clock import parse_duration
 from engine.expressions import Expression, ExpressionError, Scope, compile_expression
-from engine.locations import LocatedDict, LocatedList, Problem, load_located, locate
+from engine.locations import (
+    LocatedDict,
+    LocatedList,
+    Problem,
+    load_located,
+    locate,
+    value_style,
+)
 
 __all__ = [
     "CHANNELS",
@@ -48,6 +55,11 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _condition_text(value: Any) -> Any:
+    """YAML reads ``if: false`` as a boolean; it is the expression ``false``."""
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 def _duration(value: Any) -> timedelta:
@@ -96,6 +108,7 @@ class StepSpec(_Spec):
     if_: str | None = Field(None, alias="if")
 
     _wait = field_validator("wait", mode="before")(_duration)
+    _if = field_validator("if_", mode="before")(_condition_text)
 
 
 class VariantSpec(_Spec):
@@ -139,6 +152,7 @@ class RuleSpec(_Spec):
     declare: dict[str, list[str]] = Field(default_factory=dict)
 
     _wait = field_validator("wait", mode="before")(lambda v: None if v is None else _duration(v))
+    _if = field_validator("if_", mode="before")(_condition_text)
 
     @field_validator("id")
     @classmethod
@@ -165,9 +179,6 @@ class RuleSpec(_Spec):
             raise ValueError("use either `steps` or the one-step `wait`/`channel`/`template`")
         if self.steps is not None and not self.steps:
             raise ValueError("`steps` must list at least one step")
-        ids = [v.id for v in self.variants]
-        if len(ids) != len(set(ids)):
-            raise ValueError("variant ids must be unique")
         return self
 
 
@@ -349,9 +360,34 @@ def _expr(
         return compile_expression(text, scope=scope, declared=declared, result=result)
     except ExpressionError as exc:
         name = ".".join(str(p) for p in loc if not isinstance(p, int))
-        problems.append(
-            _at(raw, loc, file, f"{name}: {exc.message}", rule=rule, column_offset=exc.column - 1)
-        )
+        style = value_style(raw, loc)
+        if style in ("'", '"'):
+            problems.append(
+                _at(raw, loc, file, f"{name}: {exc.message}", rule=rule, column_offset=exc.column)
+            )
+        elif style in ("|", ">"):
+            # A block scalar: point at its first line (the folded text has lost the layout).
+            where = locate(raw, loc)
+            problems.append(
+                Problem(
+                    file=file,
+                    line=where.line + 1,
+                    column=1,
+                    message=f"{name}: {exc.message} (at character {exc.column} of the expression)",
+                    rule=rule,
+                )
+            )
+        else:
+            problems.append(
+                _at(
+                    raw,
+                    loc,
+                    file,
+                    f"{name}: {exc.message}",
+                    rule=rule,
+                    column_offset=exc.column - 1,
+                )
+            )
         return None
 
 
@@ -467,6 +503,19 @@ def _compile(
                     rule=rid,
                 )
             )
+    seen_variants: set[str] = set()
+    for i, v in enumerate(spec.variants):
+        if v.id in seen_variants:
+            problems.append(
+                _at(
+                    raw,
+                    (*prefix, "variants", i, "id"),
+                    file,
+                    f"duplicate variant id {v.id!r}",
+                    rule=rid,
+                )
+            )
+        seen_variants.add(v.id)
     for i, v in enumerate(spec.variants):
         if v.template is None:
             continue

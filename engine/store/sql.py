@@ -28,7 +28,7 @@ from engine.store.unit import (
     IDENTITIES,
     JOURNEYS,
     SqlUnit,
-    dialect_insert,
+    bulk_insert,
     load_profiles,
 )
 
@@ -132,12 +132,10 @@ class SqlStore:
     def insert_events(self, rows: Sequence[dict[str, Any]]) -> int:
         if not rows:
             return 0
-        stmt = dialect_insert(self.dialect, EVENTS).on_conflict_do_nothing(
-            index_elements=["source", "message_id"]
-        )
         with self.write() as conn:
-            result = conn.execute(stmt, list(rows))
-            return max(result.rowcount, 0)
+            return bulk_insert(
+                conn, self.dialect, EVENTS, rows, ignore_conflicts=["source", "message_id"]
+            )
 
     def pending_events(self) -> int:
         with self.read() as conn:

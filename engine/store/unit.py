@@ -7,9 +7,10 @@ and writes through it; everything commits together or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -40,10 +41,11 @@ from engine.models import (
     JourneyTransitionRow,
     Order,
     StateEntry,
+    UTCDateTime,
     table,
 )
 
-__all__ = ["SqlUnit", "dialect_insert", "load_profiles"]
+__all__ = ["SqlUnit", "bulk_insert", "bulk_update", "dialect_insert", "load_profiles"]
 
 EVENTS = table(Event)
 CUSTOMERS = table(Customer)
@@ -56,11 +58,115 @@ DECISIONS = table(DecisionRow)
 STATE = table(StateEntry)
 
 _CHUNK = 500  # bound parameters per IN (...) list
+_MULTI_ROWS = 1000  # rows per multi-row INSERT on SQLite
+_SQLITE_VARIABLES = 32000  # below SQLite's limit of 32766 bound variables
 
 
 def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _time_text(value: Any) -> Any:
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # what SQLAlchemy stores, without zone
+
+
+def _json_text(value: Any) -> Any:
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _sqlite_converters(tbl: sa.Table, names: Sequence[str]) -> list[Any]:
+    """Per column, the function giving the text SQLAlchemy itself would store on SQLite."""
+    out = []
+    for name in names:
+        kind = tbl.c[name].type
+        if isinstance(kind, UTCDateTime):
+            out.append(_time_text)
+        elif isinstance(kind, sa.JSON):
+            out.append(_json_text)
+        else:
+            out.append(_as_is)
+    return out
+
+
+def _sqlite_params(
+    tbl: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    converters = list(zip(_sqlite_converters(tbl, names), names, strict=True))
+    return [tuple(convert(row[name]) for convert, name in converters) for row in rows]
+
+
+def bulk_insert(
+    conn: Connection,
+    dialect: str,
+    tbl: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    ignore_conflicts: Sequence[str] | None = None,
+) -> int:
+    """Insert many rows in one executemany; with ``ignore_conflicts`` (the unique columns)
+    a row that already exists is skipped. Returns rows inserted.
+
+    On SQLite the values are bound in the column types' storage form directly (the same
+    text SQLAlchemy writes), skipping per-row type processing, which dominates the cost of
+    large batches; PostgreSQL goes through SQLAlchemy (psycopg binds natively).
+    """
+    if not rows:
+        return 0
+    if dialect != "sqlite":
+        stmt = dialect_insert(dialect, tbl)
+        if ignore_conflicts is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(ignore_conflicts))
+        return max(conn.execute(stmt, list(rows)).rowcount, 0)
+    names = list(rows[0])
+    params = _sqlite_params(tbl, names, rows)
+    # One multi-row INSERT per chunk: executemany re-takes the GIL for every row, which
+    # stalls a writer thread badly while the event loop is busy (measured: ~20x).
+    group = "(" + ", ".join("?" for _ in names) + ")"
+    size = max(1, min(_MULTI_ROWS, _SQLITE_VARIABLES // len(names)))
+    conflict = (
+        f" ON CONFLICT ({', '.join(ignore_conflicts)}) DO NOTHING"
+        if ignore_conflicts is not None
+        else ""
+    )
+    inserted = 0
+    for start in range(0, len(params), size):
+        part = params[start : start + size]
+        sql = (
+            f"INSERT INTO {tbl.name} ({', '.join(names)}) VALUES "
+            + ", ".join(group for _ in part)
+            + conflict
+        )
+        flat = tuple(value for row in part for value in row)
+        inserted += max(conn.exec_driver_sql(sql, flat).rowcount, 0)
+    return inserted
+
+
+def bulk_update(
+    conn: Connection, dialect: str, tbl: sa.Table, rows: Sequence[dict[str, Any]], key: str
+) -> None:
+    """``UPDATE tbl SET ... WHERE key = ...`` for many rows (same columns in each)."""
+    if not rows:
+        return
+    names = [n for n in rows[0] if n != key]
+    if dialect != "sqlite":
+        stmt = (
+            tbl.update()
+            .where(tbl.c[key] == sa.bindparam("b_key"))
+            .values({n: sa.bindparam(n) for n in names})
+        )
+        conn.execute(stmt, [{**{n: r[n] for n in names}, "b_key": r[key]} for r in rows])
+        return
+    sql = f"UPDATE {tbl.name} SET {', '.join(f'{n} = ?' for n in names)} WHERE {key} = ?"
+    conn.exec_driver_sql(sql, _sqlite_params(tbl, [*names, key], rows))
 
 
 def dialect_insert(dialect: str, tbl: sa.Table) -> Any:
@@ -135,6 +241,19 @@ class SqlUnit:
 
     def _insert(self, tbl: sa.Table) -> Any:
         return dialect_insert(self.dialect, tbl)
+
+    def allocate_ids(self, tbl: sa.Table, count: int) -> list[int]:
+        """``count`` new primary keys for ``tbl``, so rows can be inserted in one
+        executemany (RETURNING with ordered results is row-at-a-time on SQLite)."""
+        if self.dialect == "postgresql":
+            sequence = sa.func.pg_get_serial_sequence(tbl.name, "id")
+            query = sa.select(sa.func.nextval(sequence)).select_from(
+                sa.func.generate_series(1, count)
+            )
+            return [int(v) for v in self.conn.execute(query).scalars()]
+        # SQLite: the write transaction (BEGIN IMMEDIATE) holds the only writer lock.
+        top = self.conn.execute(sa.select(sa.func.coalesce(sa.func.max(tbl.c.id), 0))).scalar()
+        return list(range(int(top or 0) + 1, int(top or 0) + 1 + count))
 
     def _upsert(self, tbl: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
         if not rows:
@@ -270,10 +389,16 @@ class SqlUnit:
                 rows[key] = self._customer_row(profile, stats(profile), now)
         new_keys = [key for key in rows if key < 0]
         if new_keys:
-            created = self.conn.execute(
-                CUSTOMERS.insert().returning(CUSTOMERS.c.id, sort_by_parameter_order=True),
-                [{**rows[key], "created_at": now} for key in new_keys],
-            ).scalars()
+            created = self.allocate_ids(CUSTOMERS, len(new_keys))
+            bulk_insert(
+                self.conn,
+                self.dialect,
+                CUSTOMERS,
+                [
+                    {**rows[key], "id": new_id, "created_at": now}
+                    for key, new_id in zip(new_keys, created, strict=True)
+                ],
+            )
             ids.update(zip(new_keys, created, strict=True))
         if survivors:
             self.conn.execute(
@@ -284,14 +409,8 @@ class SqlUnit:
             )
             for loser, into in survivors.items():
                 self.move_customer_history(loser, ids[into])
-        updates = [{"b_id": key, **row} for key, row in rows.items() if key > 0]
-        if updates:
-            self.conn.execute(
-                CUSTOMERS.update()
-                .where(CUSTOMERS.c.id == sa.bindparam("b_id"))
-                .values({c: sa.bindparam(c) for c in updates[0] if c != "b_id"}),
-                updates,
-            )
+        updates = [{"id": key, **row} for key, row in rows.items() if key > 0]
+        bulk_update(self.conn, self.dialect, CUSTOMERS, updates, key="id")
         orders: list[dict[str, Any]] = []
         for order_id in sorted(outcome.orders):
             key = world.order_owner[order_id]
@@ -350,24 +469,14 @@ class SqlUnit:
     def mark_events(self, outcome: Outcome, ids: dict[int, int]) -> None:
         """Events applied (with their customer) or failed (with the reason)."""
         rows: list[dict[str, Any]] = [
-            {"b_seq": seq, "b_customer": ids[key], "b_status": EVENT_DONE, "b_error": None}
+            {"seq": seq, "status": EVENT_DONE, "customer_id": ids[key], "error": None}
             for seq, key in outcome.assigned.items()
         ]
         rows += [
-            {"b_seq": seq, "b_customer": None, "b_status": EVENT_FAILED, "b_error": reason}
+            {"seq": seq, "status": EVENT_FAILED, "customer_id": None, "error": reason}
             for seq, reason in outcome.failed.items()
         ]
-        if rows:
-            self.conn.execute(
-                EVENTS.update()
-                .where(EVENTS.c.seq == sa.bindparam("b_seq"))
-                .values(
-                    status=sa.bindparam("b_status"),
-                    customer_id=sa.bindparam("b_customer"),
-                    error=sa.bindparam("b_error"),
-                ),
-                rows,
-            )
+        bulk_update(self.conn, self.dialect, EVENTS, rows, key="seq")
 
     def move_customer_history(self, loser: int, survivor: int) -> None:
         """After a merge: the loser's events, decisions and journeys belong to the survivor.
@@ -433,16 +542,51 @@ class SqlUnit:
     def load_journeys(
         self, customer_ids: Sequence[int], rule_ids: Sequence[str]
     ) -> dict[Ident, Journey]:
-        """Every journey (any status) of these customers for these rules."""
+        """Every journey (any status) of these customers for these rules.
+
+        Ended journeys are only looked up to be reused by a new run, so their trigger
+        snapshot (JSON) is not read: their ``trigger`` carries just its time and event seq.
+        """
         out: dict[Ident, Journey] = {}
         if not rule_ids:
             return out
+        rules = sorted(set(rule_ids))
+        light = (
+            JOURNEYS.c.id,
+            JOURNEYS.c.rule_id,
+            JOURNEYS.c.customer_id,
+            JOURNEYS.c.key,
+            JOURNEYS.c.instance,
+            JOURNEYS.c.status,
+            JOURNEYS.c.generation,
+            JOURNEYS.c.trigger_at,
+            JOURNEYS.c.trigger_seq,
+            JOURNEYS.c.next_step,
+            JOURNEYS.c.ended_at,
+            JOURNEYS.c.end_reason,
+        )
         for chunk in chunks(sorted(set(customer_ids))):
-            query = sa.select(JOURNEYS).where(
-                JOURNEYS.c.customer_id.in_(chunk), JOURNEYS.c.rule_id.in_(sorted(set(rule_ids)))
-            )
-            for r in self.conn.execute(query):
+            mine = (JOURNEYS.c.customer_id.in_(chunk), JOURNEYS.c.rule_id.in_(rules))
+            for r in self.conn.execute(
+                sa.select(JOURNEYS).where(*mine, JOURNEYS.c.status == ACTIVE)
+            ):
                 journey = _journey(r)
+                out[journey.ident] = journey
+            for r in self.conn.execute(sa.select(*light).where(*mine, JOURNEYS.c.status != ACTIVE)):
+                trigger = TriggerFacts(name="", type="", timestamp=r.trigger_at, seq=r.trigger_seq)
+                journey = Journey(
+                    id=r.id,
+                    rule_id=r.rule_id,
+                    customer_id=r.customer_id,
+                    key=r.key,
+                    instance=r.instance,
+                    status=r.status,
+                    generation=r.generation,
+                    trigger=trigger,
+                    next_step=r.next_step,
+                    ended_at=r.ended_at,
+                    end_reason=r.end_reason,
+                )
                 out[journey.ident] = journey
         return out
 
@@ -479,18 +623,24 @@ class SqlUnit:
         new = [j for j in outcome.journeys.values() if j.id is None]
         old = [j for j in outcome.journeys.values() if j.id is not None]
         if new:
-            created = self.conn.execute(
-                JOURNEYS.insert().returning(JOURNEYS.c.id, sort_by_parameter_order=True),
-                [{**_journey_row(j), "created_at": now, "updated_at": now} for j in new],
-            ).scalars()
+            created = self.allocate_ids(JOURNEYS, len(new))
+            bulk_insert(
+                self.conn,
+                self.dialect,
+                JOURNEYS,
+                [
+                    {**_journey_row(j), "id": new_id, "created_at": now, "updated_at": now}
+                    for j, new_id in zip(new, created, strict=True)
+                ],
+            )
             ids.update(zip((j.ident for j in new), created, strict=True))
         if old:
-            rows = [{"b_id": j.id, **_journey_row(j), "updated_at": now} for j in old]
-            self.conn.execute(
-                JOURNEYS.update()
-                .where(JOURNEYS.c.id == sa.bindparam("b_id"))
-                .values({c: sa.bindparam(c) for c in rows[0] if c != "b_id"}),
-                rows,
+            bulk_update(
+                self.conn,
+                self.dialect,
+                JOURNEYS,
+                [{"id": j.id, **_journey_row(j), "updated_at": now} for j in old],
+                key="id",
             )
             ids.update((j.ident, j.id) for j in old if j.id is not None)
         missing = {t.ident for t in outcome.transitions if t.ident not in ids}
@@ -522,7 +672,7 @@ class SqlUnit:
             if t.ident in ids
         ]
         if transitions:
-            self.conn.execute(TRANSITIONS.insert(), transitions)
+            bulk_insert(self.conn, self.dialect, TRANSITIONS, transitions)
         self.write_decisions(
             [
                 {
@@ -549,8 +699,7 @@ class SqlUnit:
         """Insert decisions; one already recorded (same ``dedupe``) is left as it was."""
         if not rows:
             return 0
-        stmt = self._insert(DECISIONS).on_conflict_do_nothing(index_elements=["dedupe"])
-        return max(self.conn.execute(stmt, rows).rowcount, 0)
+        return bulk_insert(self.conn, self.dialect, DECISIONS, rows, ignore_conflicts=["dedupe"])
 
     # -- schedule triggers ------------------------------------------------------------------------
 

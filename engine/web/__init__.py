@@ -11,7 +11,7 @@ from engine import __version__
 from engine.service import Engine
 from engine.web.api import api_router
 from engine.web.errors import install_error_handlers
-from engine.web.ingest import ingest_router
+from engine.web.ingest import install_ingest
 from engine.web.writer import EventWriter
 
 __all__ = ["create_app"]
@@ -36,6 +36,6 @@ def create_app(engine: Engine) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(ingest_router(engine, writer))
+    install_ingest(app, engine, writer)
     app.include_router(api_router(engine))
     return app

@@ -15,6 +15,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from engine.errors import StoreError
 from engine.store.base import Store
 
 __all__ = ["EventWriter"]
@@ -35,6 +36,15 @@ class EventWriter:
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="nudge-ingest-writer")
+        self._task.add_done_callback(self._on_exit)
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        # If the writer ever dies, nobody may wait forever: fail what is queued.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ingest writer stopped: %s", task.exception())
+        while self._pending:
+            _, future = self._pending.popleft()
+            _settle(future, exc=StoreError("the ingest writer stopped; retry the request"))
 
     async def stop(self) -> None:
         """Commit what is queued, then stop."""
@@ -46,9 +56,10 @@ class EventWriter:
         self._executor.shutdown(wait=True)
 
     async def write(self, rows: list[dict[str, Any]]) -> int:
-        """Store ``rows`` durably; returns how many were new (not duplicates)."""
-        if self._wakeup is None or self._closing:
-            raise RuntimeError("the ingest writer is not running")
+        """Store ``rows`` durably. Returns how many rows the commit that carried them
+        inserted (its whole group's new rows, duplicates not counted)."""
+        if self._wakeup is None or self._closing or self._task is None or self._task.done():
+            raise StoreError("the ingest writer is not running; retry the request")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, future))
         self._wakeup.set()
