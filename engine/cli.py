@@ -159,7 +159,7 @@ def serve(
     settings = _settings(config)
     settings = _settings(config, **_server_overrides(settings, host, port))
     _logging(settings)
-    engine = _engine(settings)
+    engine = _engine(settings, rules=True)  # for GET /api/rules and reloads
     app_ = create_app(engine)
     gc.freeze()  # the long-lived heap is built: keep full collections off the request path
     uvicorn.run(
@@ -393,7 +393,7 @@ def preview(
     """Show whether RULE matches a customer, every sub-expression's value, and when each
     step would fire."""
     from engine.context import TriggerFacts
-    from engine.events import parse_time
+    from engine.events import ECOMMERCE_ALIASES, parse_time
     from engine.preview import preview as run_preview
     from engine.service import customer_facts_for
 
@@ -415,9 +415,11 @@ def preview(
     if event is not None:
         try:
             data = json.loads(event)
+            kind = data.get("type", "track")
+            name = data.get("event") if kind == "track" else kind
             trigger = TriggerFacts(
-                name=data.get("event") or data.get("name") or data.get("type", "track"),
-                type=data.get("type", "track"),
+                name=ECOMMERCE_ALIASES.get(name, name) if name else kind,
+                type=kind,
                 timestamp=parse_time(data["timestamp"], "timestamp")
                 if data.get("timestamp")
                 else now,

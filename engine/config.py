@@ -145,6 +145,7 @@ class Settings(BaseSettings):
         "full",
         description="SQLite fsync policy in WAL mode: full survives power loss, normal a crash.",
     )
+    sqlite_cache_mb: int = Field(64, ge=2, description="SQLite page cache per connection, in MiB.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     public_url: str | None = Field(
         None, description="Base URL customers reach (tracked links); default http://host:port."

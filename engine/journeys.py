@@ -7,7 +7,7 @@ the runs), so there is exactly one row per (rule, customer, key, instance).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -160,6 +160,32 @@ def _not_started(
     )
 
 
+def _already_exited(
+    rule: Rule,
+    key: str,
+    event: TriggerFacts,
+    customer: CustomerFacts,
+    history: Sequence[TriggerFacts],
+    now: datetime,
+    abandoned_after: timedelta,
+) -> TriggerFacts | None:
+    """An exit event of ``rule`` for ``key`` that arrived before ``event`` but happened at or
+    after it (events out of order): the journey it would have ended must not start."""
+    for exit_on in rule.exit_on:
+        for seen in history:
+            if seen.name != exit_on.event or seen.timestamp < event.timestamp:
+                continue
+            if seen.seq is not None and event.seq is not None and seen.seq >= event.seq:
+                continue  # arrives after the trigger: the ordinary exit handles it
+            values = values_for(customer, seen, now, abandoned_after=abandoned_after)
+            if not _check(exit_on.where, values)[0]:
+                continue
+            if exit_on.match_key and rule.trigger.key is not None and _key(rule, values)[0] != key:
+                continue
+            return seen
+    return None
+
+
 def _due(rule: Rule, trigger_at: datetime, step: int) -> datetime | None:
     return trigger_at + rule.steps[step].offset if step < len(rule.steps) else None
 
@@ -173,11 +199,14 @@ def on_event(
     *,
     max_lag: timedelta,
     abandoned_after: timedelta = timedelta(hours=1),
+    history: Sequence[TriggerFacts] = (),
 ) -> JourneyOutcome:
     """Apply one event: end the journeys it exits, then start/restart those it triggers.
 
     ``journeys`` holds the customer's existing journeys (any status) and is updated in
-    place so that later events of the same batch see the changes.
+    place so that later events of the same batch see the changes. ``history`` holds the
+    customer's exit-relevant events known so far, so that a trigger arriving after the
+    event that would have ended it (out of order) starts nothing.
     """
     out = JourneyOutcome()
     values = values_for(customer, event, now, abandoned_after=abandoned_after)
@@ -245,6 +274,18 @@ def on_event(
         if key is None:
             out.decisions.append(_not_started(rule, customer, event, now, reason or "no key"))
             continue
+        exited_by = _already_exited(rule, key, event, customer, history, now, abandoned_after)
+        if exited_by is not None:
+            out.decisions.append(
+                _not_started(
+                    rule,
+                    customer,
+                    event,
+                    now,
+                    f"already ended: {exited_by.name} at {exited_by.timestamp.isoformat()}",
+                )
+            )
+            continue
         instance = str(event.seq) if rule.trigger.on_repeat == "parallel" else ""
         ident: Ident = (rule.id, customer.id, key, instance)
         current = journeys.get(ident)
@@ -256,7 +297,8 @@ def on_event(
         ):
             continue  # this event, or a later one, already (re)started it: a replay
         if current is not None and current.status == ACTIVE:
-            if rule.trigger.on_repeat == "ignore":
+            if rule.trigger.on_repeat == "ignore" or event.timestamp < current.trigger.timestamp:
+                # An older trigger arriving late does not pull the wait back either.
                 out.transitions.append(
                     Transition(
                         ident=ident,
@@ -400,10 +442,13 @@ def advance(rule: Rule, journey: Journey, now: datetime) -> Journey:
 
 def latest_occurrence(cron: str, zone: str, now: datetime) -> datetime:
     """The latest time at or before ``now`` that ``cron`` fires in ``zone`` (aware UTC)."""
-    local = now.astimezone(ZoneInfo(zone))
+    tz = ZoneInfo(zone)
+    local = now.astimezone(tz)
     itr = croniter(cron, local + timedelta(seconds=1))
     previous: datetime = itr.get_prev(datetime)
-    return previous.astimezone(now.tzinfo)
+    # A wall time that happens twice (clocks going back) is one occurrence: the first.
+    wall = previous.replace(tzinfo=None)
+    return wall.replace(tzinfo=tz, fold=0).astimezone(now.tzinfo)
 
 
 def schedule_journeys(

@@ -4,6 +4,7 @@ due time (pure; ``nudge preview`` prints it)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,8 +37,8 @@ def _show(expr: Expression | None, values: Any) -> dict[str, Any] | None:
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if hasattr(value, "is_integer") and not isinstance(value, bool | float):  # Decimal
-        return float(value)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
     return value
 
 

@@ -219,9 +219,12 @@ class Step:
 
 @dataclass(frozen=True, kw_only=True)
 class Variant:
+    """An A/B arm; ``templates`` maps step index → the template it uses instead."""
+
     id: str
     weight: float
     template: str | None
+    templates: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,12 +252,11 @@ class Rule:
     line: int
 
     def template_for(self, step: Step, variant: str | None) -> str:
-        """The template a step renders for ``variant`` (a variant may replace it)."""
+        """The template a step renders for ``variant``: a variant's template replaces the
+        template of every step whose channel it has a file for."""
         for v in self.variants:
-            if v.id == variant and v.template and v.template.endswith(f".{step.channel}"):
-                return v.template.rsplit(".", 1)[0]
-            if v.id == variant and v.template and "." not in v.template:
-                return v.template
+            if v.id == variant:
+                return v.templates.get(step.index, step.template)
         return step.template
 
 
@@ -457,7 +459,21 @@ def _compile(
         audience=expr(t.audience, "trigger", "audience"),
     )
     exits = tuple(
-        ExitOn(event=e.event, match_key=e.key, where=expr(e.where, "exit_on", i, "where"))
+        ExitOn(
+            event=e.event,
+            match_key=e.key,
+            # An exit condition looks at the exit event, whatever the trigger kind.
+            where=_expr(
+                e.where,
+                raw=raw,
+                loc=(*prefix, "exit_on", i, "where"),
+                file=file,
+                rule=rid,
+                scope=Scope.EVENT,
+                declared=declared,
+                problems=problems,
+            ),
+        )
         for i, e in enumerate(spec.exit_on)
     )
     step_specs = spec.steps or [
@@ -560,6 +576,7 @@ def _compile(
             problems=problems,
         ),
     )
+    condition = expr(spec.if_, "if")
     if any(p.severity == "error" for p in problems):
         return None, problems
     line = locate(raw, prefix).line
@@ -570,12 +587,22 @@ def _compile(
             enabled=spec.enabled,
             trigger=trigger,
             exit_on=exits,
-            condition=expr(spec.if_, "if"),
+            condition=condition,
             steps=tuple(steps),
             priority=spec.priority,
             caps=tuple(spec.caps),
             variants=tuple(
-                Variant(id=v.id, weight=v.weight, template=v.template) for v in spec.variants
+                Variant(
+                    id=v.id,
+                    weight=v.weight,
+                    template=v.template,
+                    templates={
+                        st.index: v.template
+                        for st in steps
+                        if v.template and _template_exists(templates_dir, v.template, st.channel)
+                    },
+                )
+                for v in spec.variants
             ),
             holdout=spec.holdout,
             goal=goal,

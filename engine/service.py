@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.clock import Clock
+from engine.clock import Clock, format_duration
 from engine.config import Settings
 from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Profile, apply_events, compute_stats
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: How long a journey whose rule is not loaded (its file has errors) waits before a retry.
+_RULE_RETRY = timedelta(minutes=5)
 
 
 class RuleBook:
@@ -147,6 +150,16 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
             by_customer: dict[int, dict[Ident, Journey]] = {}
             for ident, journey in existing.items():
                 by_customer.setdefault(ident[1], {})[ident] = journey
+            # Exit events already known (earlier batches and this one), for triggers that
+            # arrive after the event that would have ended them.
+            exit_names = sorted({x.event for r in relevant for x in r.exit_on})
+            history: dict[int, list[TriggerFacts]] = {}
+            if exit_names:
+                since = min(t.timestamp for t, _ in triggers)
+                history = unit.events_named(customers, exit_names, since)
+                for trigger, cid in triggers:
+                    if trigger.name in exit_names:
+                        history.setdefault(cid, []).append(trigger)
             for trigger, cid in triggers:
                 journeys.extend(
                     on_event(
@@ -157,6 +170,7 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
                         now,
                         max_lag=settings.processing.trigger_max_lag,
                         abandoned_after=settings.processing.abandoned_after,
+                        history=history.get(cid, ()),
                     )
                 )
             unit.write_journeys(journeys)
@@ -199,7 +213,7 @@ def _late(journey: Journey, rule: Rule, now: datetime, limit: timedelta) -> Deci
         generation=journey.generation,
         step=journey.next_step,
         outcome="skipped",
-        reason=f"late: due {journey.due_at.isoformat()}, more than {limit} ago",
+        reason=f"late: due {journey.due_at.isoformat()}, more than {format_duration(limit)} ago",
         channel=step.channel,
         template=rule.template_for(step, journey.variant),
         variant=journey.variant,
@@ -223,6 +237,10 @@ def fire_due_once(engine: Engine, limit: int | None = None) -> int:
         for journey in due:
             rule = rules.by_id(journey.rule_id)
             customer = facts.get(journey.customer_id)
+            if rule is None and rules.errors:
+                # Its file may be one that failed to load: wait for a fix, do not cancel.
+                out.journeys[journey.ident] = replace(journey, due_at=now + _RULE_RETRY)
+                continue
             late = None
             if rule is not None and rule.enabled and journey.next_step < len(rule.steps):
                 late = _late(journey, rule, now, settings.processing.step_max_lateness)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from engine.context import CustomerFacts
+from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Outcome, Profile, World
 from engine.journeys import Ident, Journey, JourneyOutcome
 
@@ -55,6 +55,10 @@ class Unit(Protocol):
     def customer_facts(
         self, ids: Sequence[int], default_timezone: str
     ) -> dict[int, CustomerFacts]: ...
+
+    def events_named(
+        self, customer_ids: Sequence[int], names: Sequence[str], since: datetime
+    ) -> dict[int, list[TriggerFacts]]: ...
 
     def load_journeys(
         self, customer_ids: Sequence[int], rule_ids: Sequence[str]

@@ -537,6 +537,39 @@ class SqlUnit:
                 out[r.id] = _facts(r, default_timezone)
         return out
 
+    def events_named(
+        self, customer_ids: Sequence[int], names: Sequence[str], since: datetime
+    ) -> dict[int, list[TriggerFacts]]:
+        """Processed events of these customers with these names at or after ``since``."""
+        out: dict[int, list[TriggerFacts]] = {}
+        if not names:
+            return out
+        for chunk in chunks(sorted(set(customer_ids))):
+            query = sa.select(
+                EVENTS.c.seq,
+                EVENTS.c.customer_id,
+                EVENTS.c.type,
+                EVENTS.c.name,
+                EVENTS.c.timestamp,
+                EVENTS.c.payload,
+            ).where(
+                EVENTS.c.customer_id.in_(chunk),
+                EVENTS.c.name.in_(sorted(set(names))),
+                EVENTS.c.timestamp >= since,
+            )
+            for r in self.conn.execute(query):
+                props = (r.payload or {}).get("properties")
+                out.setdefault(r.customer_id, []).append(
+                    TriggerFacts(
+                        name=r.name,
+                        type=r.type,
+                        timestamp=r.timestamp,
+                        properties=props if isinstance(props, dict) else {},
+                        seq=r.seq,
+                    )
+                )
+        return out
+
     # -- journeys -------------------------------------------------------------------------------
 
     def load_journeys(

@@ -201,6 +201,40 @@ def test_second_checkout_of_the_same_cart_restarts_the_wait(
     assert sim.count("decisions") == 2
 
 
+def test_older_checkout_arriving_late_does_not_pull_the_wait_back(
+    checkout: Callable[..., Sim],
+) -> None:
+    sim = checkout(start=T0 + 50 * MINUTE)
+    started(sim, "gil", value=60, at=T0 + 50 * MINUTE)  # the newer checkout arrives first
+    sim.tick()
+    sim.advance(5 * MINUTE, tick=False)
+    started(sim, "gil", at=T0)  # the older one (a mobile client's late batch) after it
+    sim.tick()
+
+    [journey] = sim.journeys("gil")
+    assert at(journey["due_at"]) == T0 + 110 * MINUTE
+    sim.run_until(T0 + 2 * HOUR, 5 * MINUTE)
+    [push] = sim.decisions("gil")
+    assert at(push["due_at"]) == T0 + 110 * MINUTE
+
+
+def test_order_that_arrived_before_its_delayed_checkout_still_prevents_the_reminder(
+    checkout: Callable[..., Sim],
+) -> None:
+    sim = checkout(start=T0 + 20 * MINUTE)
+    ordered(sim, "hana", "cart-1", at=T0 + 10 * MINUTE)
+    sim.tick()
+    sim.advance(5 * MINUTE, tick=False)
+    started(sim, "hana", at=T0)  # delivered after the order
+    sim.tick()
+    sim.run_until(T0 + 25 * HOUR, 15 * MINUTE)
+
+    [cart] = sim.profile("hana")["checkouts"]
+    assert at(cart["completed_at"]) == T0 + 10 * MINUTE, "the profile knows it was bought"
+    assert sends(sim, "hana") == []
+    assert all(j["status"] != "active" for j in sim.journeys("hana"))
+
+
 def test_restart_in_the_middle_of_a_wait_fires_the_step_once_on_time(
     checkout: Callable[..., Sim],
 ) -> None:

@@ -383,12 +383,6 @@ def test_preview_of_a_given_low_value_event_does_not_match(
     assert report["key"]["value"] == "x"
 
 
-@pytest.mark.xfail(
-    reason="BUG: engine/preview.py _plain (line 39) turns rule-engine's Decimal numbers into "
-    "JSON numbers only if they have is_integer(), which Decimal lacks on Python 3.11; "
-    "json.dumps(default=str) then prints 50 as the string '50'",
-    strict=True,
-)
 def test_preview_shows_numbers_in_expression_parts_as_json_numbers(
     preview: Callable[..., dict[str, Any]],
 ) -> None:

@@ -269,12 +269,6 @@ def test_daily_schedule_inside_the_skipped_hour_fires_once_that_night(
     assert time(2) <= local.time() <= time(3, 30), local  # 02:30 does not exist that night
 
 
-@pytest.mark.xfail(
-    reason="BUG: engine/journeys.py latest_occurrence (line 396) returns both instants of an "
-    "ambiguous local time (fold 0 and fold 1) on a fall-back night, and run_schedules keys the "
-    "occurrence by its UTC instant (engine/service.py:284), so a daily 01:30 rule fires twice",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("zone", "cron", "night"),
     [

@@ -682,9 +682,9 @@ def test_a_quoted_expression_error_points_at_the_column_inside_the_quotes(tmp_pa
 
 @pytest.mark.xfail(
     reason=(
-        "BUG: for a block scalar (>-, |) the problem is put on the `if:` line at column "
-        "5 + offset into the folded text, not at the name's own line and column "
-        "(engine/rules.py _expr)"
+        "Known limitation: an error inside a block scalar (>-, |) points at the "
+        "expression's first line, column 1, with the character offset in the message; "
+        "the folded text has lost the source layout (engine/rules.py _expr)"
     ),
     strict=True,
 )
