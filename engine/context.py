@@ -92,15 +92,14 @@ def values_for(
     abandoned_after: timedelta = timedelta(hours=1),
 ) -> Values:
     """``values(path)`` for :meth:`engine.expressions.Expression.evaluate`."""
-    stats = refresh_stats(customer.stats, now, abandoned_after)
-    zone = ZoneInfo(customer.timezone)
+    stats: dict[str, Any] = {}  # brought up to date on first use: many rules read none
 
     def values(path: tuple[str, ...]) -> Any:
         head = path[0]
         if head == "now":
             return now
         if head == "local_now":
-            return now.astimezone(zone)
+            return now.astimezone(ZoneInfo(customer.timezone))
         if head == "event":
             if event is None:
                 return None
@@ -117,6 +116,8 @@ def values_for(
             if path[2] == "event_counts":
                 counts = customer.event_counts
                 return counts.get(path[3], 0) if len(path) > 3 else counts
+            if not stats:
+                stats.update(refresh_stats(customer.stats, now, abandoned_after))
             return stats.get(path[2])
         return {
             "id": customer.display_id,

@@ -29,6 +29,7 @@ __all__ = [
     "Journey",
     "JourneyOutcome",
     "Transition",
+    "candidates",
     "fire_step",
     "latest_occurrence",
     "on_event",
@@ -73,6 +74,7 @@ class Transition:
     event_seq: int | None = None
     step: int | None = None
     reason: str | None = None
+    journey_id: int | None = None  # when known already (saves a lookup)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +190,32 @@ def _already_exited(
 
 def _due(rule: Rule, trigger_at: datetime, step: int) -> datetime | None:
     return trigger_at + rule.steps[step].offset if step < len(rule.steps) else None
+
+
+def candidates(
+    rules: Iterable[Rule],
+    customer: CustomerFacts,
+    event: TriggerFacts,
+    now: datetime,
+    *,
+    abandoned_after: timedelta = timedelta(hours=1),
+) -> tuple[set[Ident], set[tuple[str, int]]]:
+    """What :func:`on_event` may touch for this event: exact journey idents, and
+    (rule, customer) pairs whose every active journey it may end (``key: false`` exits,
+    parallel rules). The store loads just those."""
+    idents: set[Ident] = set()
+    pairs: set[tuple[str, int]] = set()
+    values = values_for(customer, event, now, abandoned_after=abandoned_after)
+    for rule in rules:
+        if rule.trigger.on_repeat == "parallel" or any(
+            x.event == event.name and not x.match_key for x in rule.exit_on
+        ):
+            pairs.add((rule.id, customer.id))
+            continue
+        key, _ = _key(rule, values)
+        if key is not None:
+            idents.add((rule.id, customer.id, key, ""))
+    return idents, pairs
 
 
 def on_event(
@@ -306,6 +334,7 @@ def on_event(
                         kind="repeat_ignored",
                         at=now,
                         event_seq=event.seq,
+                        journey_id=current.id,
                     )
                 )
                 continue

@@ -22,6 +22,7 @@ from engine.journeys import (
     Journey,
     JourneyOutcome,
     advance,
+    candidates,
     fire_step,
     latest_occurrence,
     on_event,
@@ -137,22 +138,36 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
         triggers = [
             (_trigger(e), ids[outcome.assigned[e.seq]]) for e in events if e.seq in outcome.assigned
         ]
-        names = {t.name for t, _ in triggers}
-        relevant = [
-            r
-            for r in rules.rules
-            if r.enabled and (r.trigger.event in names or any(x.event in names for x in r.exit_on))
-        ]
-        if relevant:
+        by_name: dict[str, list[Rule]] = {}
+        for rule in rules.rules:
+            if rule.enabled:
+                for name in {rule.trigger.event, *(x.event for x in rule.exit_on)}:
+                    if name is not None:
+                        by_name.setdefault(name, []).append(rule)
+        triggers = [(t, cid) for t, cid in triggers if t.name in by_name]
+        if triggers:
             customers = sorted({cid for _, cid in triggers})
             facts = unit.customer_facts(customers, settings.default_timezone)
-            existing = unit.load_journeys(customers, [r.id for r in relevant])
+            idents: set[Ident] = set()
+            pairs: set[tuple[str, int]] = set()
+            for trigger, cid in triggers:
+                more_idents, more_pairs = candidates(
+                    by_name[trigger.name],
+                    facts[cid],
+                    trigger,
+                    now,
+                    abandoned_after=settings.processing.abandoned_after,
+                )
+                idents |= more_idents
+                pairs |= more_pairs
             by_customer: dict[int, dict[Ident, Journey]] = {}
-            for ident, journey in existing.items():
+            for ident, journey in unit.load_journeys(idents, pairs).items():
                 by_customer.setdefault(ident[1], {})[ident] = journey
             # Exit events already known (earlier batches and this one), for triggers that
             # arrive after the event that would have ended them.
-            exit_names = sorted({x.event for r in relevant for x in r.exit_on})
+            exit_names = sorted(
+                {x.event for t, _ in triggers for r in by_name[t.name] for x in r.exit_on}
+            )
             history: dict[int, list[TriggerFacts]] = {}
             if exit_names:
                 since = min(t.timestamp for t, _ in triggers)
@@ -163,7 +178,7 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
             for trigger, cid in triggers:
                 journeys.extend(
                     on_event(
-                        relevant,
+                        by_name[trigger.name],
                         facts[cid],
                         trigger,
                         by_customer.setdefault(cid, {}),

@@ -6,7 +6,7 @@ which the service claims work, loads what its pure steps need and writes their r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,7 +61,7 @@ class Unit(Protocol):
     ) -> dict[int, list[TriggerFacts]]: ...
 
     def load_journeys(
-        self, customer_ids: Sequence[int], rule_ids: Sequence[str]
+        self, idents: Iterable[Ident], pairs: Iterable[tuple[str, int]]
     ) -> dict[Ident, Journey]: ...
 
     def claim_due_journeys(self, now: datetime, limit: int) -> list[Journey]: ...

@@ -6,7 +6,7 @@ and writes through it; everything commits together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,8 +100,23 @@ def _sqlite_converters(tbl: sa.Table, names: Sequence[str]) -> list[Any]:
 def _sqlite_params(
     tbl: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]]
 ) -> list[tuple[Any, ...]]:
-    converters = list(zip(_sqlite_converters(tbl, names), names, strict=True))
-    return [tuple(convert(row[name]) for convert, name in converters) for row in rows]
+    converters = _sqlite_converters(tbl, names)
+    # Many rows share their times (the batch's "now"): format each distinct time once.
+    seen: dict[datetime, str] = {}
+
+    def time_text(value: Any) -> Any:
+        if value is None:
+            return None
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = _time_text(value)
+        return text
+
+    pairs = [
+        (time_text if convert is _time_text else convert, name)
+        for convert, name in zip(converters, names, strict=True)
+    ]
+    return [tuple(convert(row[name]) for convert, name in pairs) for row in rows]
 
 
 def bulk_insert(
@@ -573,54 +588,34 @@ class SqlUnit:
     # -- journeys -------------------------------------------------------------------------------
 
     def load_journeys(
-        self, customer_ids: Sequence[int], rule_ids: Sequence[str]
+        self, idents: Iterable[Ident], pairs: Iterable[tuple[str, int]]
     ) -> dict[Ident, Journey]:
-        """Every journey (any status) of these customers for these rules.
-
-        Ended journeys are only looked up to be reused by a new run, so their trigger
-        snapshot (JSON) is not read: their ``trigger`` carries just its time and event seq.
-        """
+        """The journeys with these idents (any status), and every active journey of these
+        (rule, customer) pairs."""
         out: dict[Ident, Journey] = {}
-        if not rule_ids:
-            return out
-        rules = sorted(set(rule_ids))
-        light = (
-            JOURNEYS.c.id,
-            JOURNEYS.c.rule_id,
-            JOURNEYS.c.customer_id,
-            JOURNEYS.c.key,
-            JOURNEYS.c.instance,
-            JOURNEYS.c.status,
-            JOURNEYS.c.generation,
-            JOURNEYS.c.trigger_at,
-            JOURNEYS.c.trigger_seq,
-            JOURNEYS.c.next_step,
-            JOURNEYS.c.ended_at,
-            JOURNEYS.c.end_reason,
-        )
-        for chunk in chunks(sorted(set(customer_ids))):
-            mine = (JOURNEYS.c.customer_id.in_(chunk), JOURNEYS.c.rule_id.in_(rules))
-            for r in self.conn.execute(
-                sa.select(JOURNEYS).where(*mine, JOURNEYS.c.status == ACTIVE)
-            ):
+        pair_col = sa.tuple_(JOURNEYS.c.rule_id, JOURNEYS.c.customer_id)
+        for chunk in chunks(sorted(pairs), _CHUNK // 2):
+            query = sa.select(JOURNEYS).where(pair_col.in_(chunk), JOURNEYS.c.status == ACTIVE)
+            for r in self.conn.execute(query):
                 journey = _journey(r)
                 out[journey.ident] = journey
-            for r in self.conn.execute(sa.select(*light).where(*mine, JOURNEYS.c.status != ACTIVE)):
-                trigger = TriggerFacts(name="", type="", timestamp=r.trigger_at, seq=r.trigger_seq)
-                journey = Journey(
-                    id=r.id,
-                    rule_id=r.rule_id,
-                    customer_id=r.customer_id,
-                    key=r.key,
-                    instance=r.instance,
-                    status=r.status,
-                    generation=r.generation,
-                    trigger=trigger,
-                    next_step=r.next_step,
-                    ended_at=r.ended_at,
-                    end_reason=r.end_reason,
+        wanted = {i for i in idents if i not in out}
+        # Per rule: customers and keys as IN lists, which SQLite answers from the unique
+        # (rule_id, customer_id, key, instance) index; exact idents are picked after.
+        by_rule: dict[str, list[Ident]] = {}
+        for ident in wanted:
+            by_rule.setdefault(ident[0], []).append(ident)
+        for rule_id, group in by_rule.items():
+            for chunk in chunks(sorted(group), _CHUNK // 2):
+                query = sa.select(JOURNEYS).where(
+                    JOURNEYS.c.rule_id == rule_id,
+                    JOURNEYS.c.customer_id.in_(sorted({i[1] for i in chunk})),
+                    JOURNEYS.c.key.in_(sorted({i[2] for i in chunk})),
                 )
-                out[journey.ident] = journey
+                for r in self.conn.execute(query):
+                    ident = (r.rule_id, r.customer_id, r.key, r.instance)
+                    if ident in wanted:
+                        out[ident] = _journey(r)
         return out
 
     def claim_due_journeys(self, now: datetime, limit: int) -> list[Journey]:
@@ -676,6 +671,11 @@ class SqlUnit:
                 key="id",
             )
             ids.update((j.ident, j.id) for j in old if j.id is not None)
+        ids.update(
+            (t.ident, t.journey_id)
+            for t in outcome.transitions
+            if t.journey_id is not None and t.ident not in ids
+        )
         missing = {t.ident for t in outcome.transitions if t.ident not in ids}
         missing |= {
             d.ident for d in outcome.decisions if d.ident is not None and d.ident not in ids
