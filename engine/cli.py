@@ -101,7 +101,7 @@ def _banner(settings: Settings) -> None:
             soft_wrap=True,
         )
         console.print(f"    nudge customers show alice   (or GET {url}/api/customers/alice)")
-        console.print(f"    nudge demo --events 2000 --url {url}")
+        console.print(f"    nudge demo --events 2000 --live --url {url}")
     else:
         console.print(
             "  [yellow]no write_keys configured: the ingest API refuses every call[/yellow]"
@@ -537,17 +537,17 @@ def demo(
     )
     result = send_calls(data.calls, url=url, write_key=write_key, clock=clock)
     sent, rejected, errors = result.sent, result.rejected, list(result.errors)
+    live_users: list[str] = []
     if live and not result.failed:
         rng, deadline, visits = random.Random(f"{seed}:live"), time.monotonic() + live_seconds, 0
         console.print(f"live: sending current visits for {live_seconds} s", highlight=False)
         while time.monotonic() < deadline:
             index = 10_000 + visits
-            more = send_calls(
-                live_calls(rng, seed=seed, index=index, now=clock.now()),
-                url=url,
-                write_key=write_key,
-                clock=clock,
+            calls = live_calls(rng, seed=seed, index=index, now=clock.now())
+            live_users.extend(
+                c["userId"] for c in calls if c.get("userId") and c["userId"] not in live_users
             )
+            more = send_calls(calls, url=url, write_key=write_key, clock=clock)
             sent, rejected = sent + more.sent, rejected + more.rejected
             errors += more.errors
             visits += 1
@@ -568,6 +568,11 @@ def demo(
     console.print("customers to look at:")
     for label, ref in data.examples().items():
         console.print(f"  {label:<24} nudge customers show {ref}", highlight=False)
+    for ref in live_users[:3]:
+        # Live visitors start journeys now (history is too old to trigger rules).
+        console.print(
+            f"  {'live visitor (journeys)':<24} nudge customers show {ref}", highlight=False
+        )
 
 
 def main() -> None:
