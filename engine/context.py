@@ -42,14 +42,17 @@ class TriggerFacts:
     properties: dict[str, Any] = field(default_factory=dict)
     seq: int | None = None
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
+    def snapshot(self, *, properties: bool = True) -> dict[str, Any]:
+        """JSON-ready form; without ``properties`` when the event log keeps them (``seq``)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "timestamp": self.timestamp.isoformat(),
-            "properties": self.properties,
             "seq": self.seq,
         }
+        if properties:
+            out["properties"] = self.properties
+        return out
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> TriggerFacts:

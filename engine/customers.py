@@ -36,6 +36,7 @@ __all__ = [
     "World",
     "apply_events",
     "compute_stats",
+    "contact_email",
     "merge_profiles",
     "profile_zone",
 ]
@@ -578,6 +579,12 @@ def apply_events(world: World, events: list[EventIn], now: datetime) -> Outcome:
         out.assigned[event.seq] = profile.key
         out.dirty.add(profile.key)
     return out
+
+
+def contact_email(profile: Profile) -> str | None:
+    """The profile's email trait, trimmed and lower-cased (None if absent)."""
+    email = profile.traits.get("email")
+    return email.strip().lower() if isinstance(email, str) and email.strip() else None
 
 
 def profile_zone(profile: Profile, default: str) -> ZoneInfo:

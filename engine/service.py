@@ -15,7 +15,7 @@ from typing import Any
 from engine.clock import Clock, format_duration
 from engine.config import Settings
 from engine.context import CustomerFacts, TriggerFacts
-from engine.customers import EventIn, Profile, apply_events, compute_stats
+from engine.customers import EventIn, Profile, apply_events, compute_stats, contact_email
 from engine.journeys import (
     Decision,
     Ident,
@@ -108,6 +108,22 @@ def _stats(engine: Engine, profile: Profile) -> dict[str, Any]:
     )
 
 
+def _facts(
+    customer_id: int, profile: Profile, stats: dict[str, Any], default_timezone: str
+) -> CustomerFacts:
+    return CustomerFacts(
+        id=customer_id,
+        user_id=profile.user_id,
+        anonymous_id=profile.anonymous_id,
+        email=contact_email(profile),
+        timezone=stats.get("timezone") or default_timezone,
+        traits=profile.traits,
+        consent=profile.consent,
+        stats=stats,
+        event_counts=profile.event_counts,
+    )
+
+
 def _trigger(event: EventIn) -> TriggerFacts:
     props = event.payload.get("properties")
     return TriggerFacts(
@@ -131,7 +147,13 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
         world = unit.load_world(events)
         loaded = set(world.profiles)
         outcome = apply_events(world, events, now)
-        ids = unit.write_profiles(world, loaded, outcome, lambda p: _stats(engine, p))
+        computed: dict[int, dict[str, Any]] = {}
+
+        def stats(profile: Profile) -> dict[str, Any]:
+            computed[profile.key] = _stats(engine, profile)
+            return computed[profile.key]
+
+        ids = unit.write_profiles(world, loaded, outcome, stats)
         unit.write_identities(outcome.moved_identities, ids)
 
         journeys = JourneyOutcome()
@@ -147,7 +169,15 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
         triggers = [(t, cid) for t, cid in triggers if t.name in by_name]
         if triggers:
             customers = sorted({cid for _, cid in triggers})
-            facts = unit.customer_facts(customers, settings.default_timezone)
+            # The profiles just written are in memory: no need to read them back.
+            facts = {
+                ids[key]: _facts(ids[key], profile, computed[key], settings.default_timezone)
+                for key, profile in world.profiles.items()
+                if key in computed and key in ids
+            }
+            missing = [cid for cid in customers if cid not in facts]
+            if missing:
+                facts |= unit.customer_facts(missing, settings.default_timezone)
             idents: set[Ident] = set()
             pairs: set[tuple[str, int]] = set()
             for trigger, cid in triggers:

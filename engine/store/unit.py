@@ -6,7 +6,10 @@ and writes through it; everything commits together or not at all.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +29,7 @@ from engine.customers import (
     Outcome,
     Profile,
     World,
+    contact_email,
 )
 from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome
 from engine.models import (
@@ -101,22 +105,25 @@ def _sqlite_params(
     tbl: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]]
 ) -> list[tuple[Any, ...]]:
     converters = _sqlite_converters(tbl, names)
+    times = [i for i, c in enumerate(converters) if c is _time_text]
+    others = [(i, c) for i, c in enumerate(converters) if c is not _time_text and c is not _as_is]
     # Many rows share their times (the batch's "now"): format each distinct time once.
     seen: dict[datetime, str] = {}
-
-    def time_text(value: Any) -> Any:
-        if value is None:
-            return None
-        text = seen.get(value)
-        if text is None:
-            text = seen[value] = _time_text(value)
-        return text
-
-    pairs = [
-        (time_text if convert is _time_text else convert, name)
-        for convert, name in zip(converters, names, strict=True)
-    ]
-    return [tuple(convert(row[name]) for convert, name in pairs) for row in rows]
+    get = operator.itemgetter(*names)
+    out: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = list(get(row)) if len(names) > 1 else [get(row)]
+        for i in times:
+            value = values[i]
+            if value is not None:
+                text = seen.get(value)
+                if text is None:
+                    text = seen[value] = _time_text(value)
+                values[i] = text
+        for i, convert in others:
+            values[i] = convert(values[i])
+        out.append(tuple(values))
+    return out
 
 
 def bulk_insert(
@@ -140,7 +147,9 @@ def bulk_insert(
         stmt = dialect_insert(dialect, tbl)
         if ignore_conflicts is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(ignore_conflicts))
-        return max(conn.execute(stmt, list(rows)).rowcount, 0)
+        # executemany's rowcount is not reliable on psycopg: count the rows returned.
+        key = next(iter(tbl.primary_key.columns))
+        return len(conn.execute(stmt.returning(key), list(rows)).all())
     names = list(rows[0])
     params = _sqlite_params(tbl, names, rows)
     # One multi-row INSERT per chunk: executemany re-takes the GIL for every row, which
@@ -160,7 +169,7 @@ def bulk_insert(
             + ", ".join(group for _ in part)
             + conflict
         )
-        flat = tuple(value for row in part for value in row)
+        flat = tuple(itertools.chain.from_iterable(part))
         inserted += max(conn.exec_driver_sql(sql, flat).rowcount, 0)
     return inserted
 
@@ -364,11 +373,10 @@ class SqlUnit:
     def _customer_row(
         self, profile: Profile, stats: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
-        email = profile.traits.get("email")
         return {
             "user_id": profile.user_id,
             "anonymous_id": profile.anonymous_id,
-            "email": email.strip().lower() if isinstance(email, str) and email.strip() else None,
+            "email": contact_email(profile),
             "timezone": stats.get("timezone"),
             "device_timezone": profile.context_timezone,
             "traits": profile.traits,
@@ -618,6 +626,22 @@ class SqlUnit:
                         out[ident] = _journey(r)
         return out
 
+    def with_trigger_properties(self, journeys: list[Journey]) -> list[Journey]:
+        """``journeys`` with their trigger events' properties read from the event log."""
+        seqs = sorted({j.trigger.seq for j in journeys if j.trigger.seq is not None})
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in chunks(seqs):
+            query = sa.select(EVENTS.c.seq, EVENTS.c.payload).where(EVENTS.c.seq.in_(chunk))
+            for r in self.conn.execute(query):
+                props = (r.payload or {}).get("properties")
+                found[r.seq] = props if isinstance(props, dict) else {}
+        return [
+            replace(j, trigger=replace(j.trigger, properties=found.get(j.trigger.seq, {})))
+            if j.trigger.seq is not None
+            else j
+            for j in journeys
+        ]
+
     def claim_due_journeys(self, now: datetime, limit: int) -> list[Journey]:
         query = (
             sa.select(JOURNEYS)
@@ -627,7 +651,7 @@ class SqlUnit:
         )
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        return [_journey(r) for r in self.conn.execute(query)]
+        return self.with_trigger_properties([_journey(r) for r in self.conn.execute(query)])
 
     def existing_journeys(
         self, rule_id: str, instance: str, customer_ids: Sequence[int]
@@ -817,7 +841,8 @@ def _journey_row(j: Journey) -> dict[str, Any]:
         "instance": j.instance,
         "status": j.status,
         "generation": j.generation,
-        "trigger": j.trigger.snapshot(),
+        # The event's properties stay in the event log (by seq), not copied into the journey.
+        "trigger": j.trigger.snapshot(properties=j.trigger.seq is None),
         "trigger_seq": j.trigger.seq,
         "trigger_at": j.trigger.timestamp,
         "next_step": j.next_step,
