@@ -607,23 +607,23 @@ class SqlUnit:
             for r in self.conn.execute(query):
                 journey = _journey(r)
                 out[journey.ident] = journey
-        wanted = {i for i in idents if i not in out}
-        # Per rule: customers and keys as IN lists, which SQLite answers from the unique
-        # (rule_id, customer_id, key, instance) index; exact idents are picked after.
-        by_rule: dict[str, list[Ident]] = {}
-        for ident in wanted:
-            by_rule.setdefault(ident[0], []).append(ident)
-        for rule_id, group in by_rule.items():
-            for chunk in chunks(sorted(group), _CHUNK // 2):
+        wanted = sorted(i for i in idents if i not in out)
+        if self.dialect == "sqlite":
+            for journey in _sqlite_journeys(self.conn, wanted):
+                out[journey.ident] = journey
+            return out
+        for rule_id in sorted({i[0] for i in wanted}):
+            group = [i for i in wanted if i[0] == rule_id]
+            for chunk in chunks(group, _CHUNK // 2):
                 query = sa.select(JOURNEYS).where(
                     JOURNEYS.c.rule_id == rule_id,
                     JOURNEYS.c.customer_id.in_(sorted({i[1] for i in chunk})),
                     JOURNEYS.c.key.in_(sorted({i[2] for i in chunk})),
                 )
                 for r in self.conn.execute(query):
-                    ident = (r.rule_id, r.customer_id, r.key, r.instance)
-                    if ident in wanted:
-                        out[ident] = _journey(r)
+                    journey = _journey(r)
+                    if journey.ident in wanted:
+                        out[journey.ident] = journey
         return out
 
     def with_trigger_properties(self, journeys: list[Journey]) -> list[Journey]:
@@ -813,6 +813,63 @@ def _facts(r: Any, default_timezone: str) -> CustomerFacts:
         stats=dict(r.stats or {}),
         event_counts=dict(r.event_counts or {}),
     )
+
+
+_JOURNEY_COLUMNS = (
+    "id",
+    "rule_id",
+    "customer_id",
+    "key",
+    "instance",
+    "status",
+    "generation",
+    "trigger",
+    "next_step",
+    "due_at",
+    "variant",
+    "ended_at",
+    "end_reason",
+)
+
+
+def _sqlite_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _sqlite_journeys(conn: Connection, idents: Sequence[Ident]) -> list[Journey]:
+    """Journeys by exact ident on SQLite: the idents as a VALUES list joined to the unique
+    (rule_id, customer_id, key, instance) index, one index probe each. (IN lists per
+    column would probe every combination of rules x customers x keys.)"""
+    found = []
+    columns = ", ".join(f"j.{name}" for name in _JOURNEY_COLUMNS)
+    for chunk in chunks(idents, 400):
+        sql = (
+            f"SELECT {columns} FROM (VALUES "
+            + ", ".join("(?, ?, ?, ?)" for _ in chunk)
+            + ") AS v JOIN journeys AS j ON j.rule_id = v.column1 AND j.customer_id = v.column2"
+            " AND j.key = v.column3 AND j.instance = v.column4"
+        )
+        flat = tuple(itertools.chain.from_iterable(chunk))
+        for row in conn.exec_driver_sql(sql, flat):
+            r = dict(zip(_JOURNEY_COLUMNS, row, strict=True))
+            found.append(
+                Journey(
+                    id=r["id"],
+                    rule_id=r["rule_id"],
+                    customer_id=r["customer_id"],
+                    key=r["key"],
+                    instance=r["instance"],
+                    status=r["status"],
+                    generation=r["generation"],
+                    trigger=TriggerFacts.from_snapshot(orjson.loads(r["trigger"])),
+                    next_step=r["next_step"],
+                    due_at=_sqlite_time(r["due_at"]),
+                    variant=r["variant"],
+                    ended_at=_sqlite_time(r["ended_at"]),
+                    end_reason=r["end_reason"],
+                )
+            )
+    return found
 
 
 def _journey(r: Any) -> Journey:
