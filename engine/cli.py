@@ -108,13 +108,8 @@ def _banner(settings: Settings) -> None:
         )
 
 
-@app.command()
-def run(
-    config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-) -> None:
-    """Run everything in one process: HTTP API, event processing and the scheduler."""
+def _serve(config: Path | None, host: str | None, port: int | None, *, background: bool) -> None:
+    """The HTTP server, with (``run``) or without (``serve``) the background work."""
     import uvicorn
 
     from engine.scheduler import EngineScheduler
@@ -123,11 +118,12 @@ def run(
     settings = _settings(config)
     settings = _settings(config, **_server_overrides(settings, host, port))
     _logging(settings)
-    engine = _engine(settings, rules=True)
-    scheduler = EngineScheduler(engine)
-    scheduler.start()
-    _banner(settings)
-    _rules_summary(engine)
+    engine = _engine(settings, rules=True)  # serve: for GET /api/rules and reloads
+    scheduler = EngineScheduler(engine) if background else None
+    if scheduler is not None:
+        scheduler.start()
+        _banner(settings)
+        _rules_summary(engine)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(engine),
@@ -141,8 +137,19 @@ def run(
     try:
         server.run()
     finally:
-        scheduler.shutdown()
+        if scheduler is not None:
+            scheduler.shutdown()
         engine.store.close()
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run everything in one process: HTTP API, event processing and the scheduler."""
+    _serve(config, host, port, background=True)
 
 
 @app.command()
@@ -152,23 +159,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
     """Run the HTTP API alone (ingest, API); pair with `nudge worker` processes."""
-    import uvicorn
-
-    from engine.web import create_app
-
-    settings = _settings(config)
-    settings = _settings(config, **_server_overrides(settings, host, port))
-    _logging(settings)
-    engine = _engine(settings, rules=True)  # for GET /api/rules and reloads
-    app_ = create_app(engine)
-    gc.freeze()  # the long-lived heap is built: keep full collections off the request path
-    uvicorn.run(
-        app_,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    _serve(config, host, port, background=False)
 
 
 @app.command()

@@ -83,11 +83,10 @@ class Engine:
     settings: Settings
     store: Store
     clock: Clock
-    rules: RuleBook = field(default=None)  # type: ignore[assignment]
+    rules: RuleBook = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.rules is None:
-            object.__setattr__(self, "rules", RuleBook(self.settings))
+        object.__setattr__(self, "rules", RuleBook(self.settings))
 
 
 @dataclass(frozen=True, kw_only=True)
