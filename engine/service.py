@@ -30,7 +30,7 @@ from engine.journeys import (
 )
 from engine.locations import Problem
 from engine.rules import Rule, RuleSet, load_rules
-from engine.store.base import Store
+from engine.store.base import Store, Unit
 
 __all__ = [
     "Engine",
@@ -134,6 +134,73 @@ def _trigger(event: EventIn) -> TriggerFacts:
     )
 
 
+def _apply_rules(
+    engine: Engine,
+    unit: Unit,
+    rules: RuleSet,
+    triggers: list[tuple[TriggerFacts, int]],
+    facts: dict[int, CustomerFacts],
+    now: datetime,
+) -> JourneyOutcome:
+    """Exits and triggers of a batch's events (``facts``: the profiles just written, from
+    memory); the journeys they change are written through ``unit``."""
+    settings = engine.settings
+    journeys = JourneyOutcome()
+    by_name: dict[str, list[Rule]] = {}
+    for rule in rules.rules:
+        if rule.enabled:
+            for name in {rule.trigger.event, *(x.event for x in rule.exit_on)}:
+                if name is not None:
+                    by_name.setdefault(name, []).append(rule)
+    triggers = [(t, cid) for t, cid in triggers if t.name in by_name]
+    if not triggers:
+        return journeys
+    customers = sorted({cid for _, cid in triggers})
+    missing = [cid for cid in customers if cid not in facts]
+    if missing:
+        facts = facts | unit.customer_facts(missing, settings.default_timezone)
+    idents: set[Ident] = set()
+    pairs: set[tuple[str, int]] = set()
+    for trigger, cid in triggers:
+        more_idents, more_pairs = candidates(
+            by_name[trigger.name],
+            facts[cid],
+            trigger,
+            now,
+            abandoned_after=settings.processing.abandoned_after,
+        )
+        idents |= more_idents
+        pairs |= more_pairs
+    by_customer: dict[int, dict[Ident, Journey]] = {}
+    for ident, journey in unit.load_journeys(idents, pairs).items():
+        by_customer.setdefault(ident[1], {})[ident] = journey
+    # Exit events already known (earlier batches and this one), for triggers that arrive
+    # after the event that would have ended them.
+    exit_names = sorted({x.event for t, _ in triggers for r in by_name[t.name] for x in r.exit_on})
+    history: dict[int, list[TriggerFacts]] = {}
+    if exit_names:
+        since = min(t.timestamp for t, _ in triggers)
+        history = unit.events_named(customers, exit_names, since)
+        for trigger, cid in triggers:
+            if trigger.name in exit_names:
+                history.setdefault(cid, []).append(trigger)
+    for trigger, cid in triggers:
+        journeys.extend(
+            on_event(
+                by_name[trigger.name],
+                facts[cid],
+                trigger,
+                by_customer.setdefault(cid, {}),
+                now,
+                max_lag=settings.processing.trigger_max_lag,
+                abandoned_after=settings.processing.abandoned_after,
+                history=history.get(cid, ()),
+            )
+        )
+    unit.write_journeys(journeys)
+    return journeys
+
+
 def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResult:
     """Apply one batch of pending events to profiles and to the rules' journeys."""
     settings = engine.settings
@@ -155,69 +222,15 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
         ids = unit.write_profiles(world, loaded, outcome, stats)
         unit.write_identities(outcome.moved_identities, ids)
 
-        journeys = JourneyOutcome()
         triggers = [
             (_trigger(e), ids[outcome.assigned[e.seq]]) for e in events if e.seq in outcome.assigned
         ]
-        by_name: dict[str, list[Rule]] = {}
-        for rule in rules.rules:
-            if rule.enabled:
-                for name in {rule.trigger.event, *(x.event for x in rule.exit_on)}:
-                    if name is not None:
-                        by_name.setdefault(name, []).append(rule)
-        triggers = [(t, cid) for t, cid in triggers if t.name in by_name]
-        if triggers:
-            customers = sorted({cid for _, cid in triggers})
-            # The profiles just written are in memory: no need to read them back.
-            facts = {
-                ids[key]: _facts(ids[key], profile, computed[key], settings.default_timezone)
-                for key, profile in world.profiles.items()
-                if key in computed and key in ids
-            }
-            missing = [cid for cid in customers if cid not in facts]
-            if missing:
-                facts |= unit.customer_facts(missing, settings.default_timezone)
-            idents: set[Ident] = set()
-            pairs: set[tuple[str, int]] = set()
-            for trigger, cid in triggers:
-                more_idents, more_pairs = candidates(
-                    by_name[trigger.name],
-                    facts[cid],
-                    trigger,
-                    now,
-                    abandoned_after=settings.processing.abandoned_after,
-                )
-                idents |= more_idents
-                pairs |= more_pairs
-            by_customer: dict[int, dict[Ident, Journey]] = {}
-            for ident, journey in unit.load_journeys(idents, pairs).items():
-                by_customer.setdefault(ident[1], {})[ident] = journey
-            # Exit events already known (earlier batches and this one), for triggers that
-            # arrive after the event that would have ended them.
-            exit_names = sorted(
-                {x.event for t, _ in triggers for r in by_name[t.name] for x in r.exit_on}
-            )
-            history: dict[int, list[TriggerFacts]] = {}
-            if exit_names:
-                since = min(t.timestamp for t, _ in triggers)
-                history = unit.events_named(customers, exit_names, since)
-                for trigger, cid in triggers:
-                    if trigger.name in exit_names:
-                        history.setdefault(cid, []).append(trigger)
-            for trigger, cid in triggers:
-                journeys.extend(
-                    on_event(
-                        by_name[trigger.name],
-                        facts[cid],
-                        trigger,
-                        by_customer.setdefault(cid, {}),
-                        now,
-                        max_lag=settings.processing.trigger_max_lag,
-                        abandoned_after=settings.processing.abandoned_after,
-                        history=history.get(cid, ()),
-                    )
-                )
-            unit.write_journeys(journeys)
+        facts = {
+            ids[key]: _facts(ids[key], profile, computed[key], settings.default_timezone)
+            for key, profile in world.profiles.items()
+            if key in computed and key in ids
+        }
+        journeys = _apply_rules(engine, unit, rules, triggers, facts, now)
         unit.mark_events(outcome, ids)
     if outcome.failed:
         log.warning(
