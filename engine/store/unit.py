@@ -11,6 +11,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -852,23 +853,10 @@ def _sqlite_journeys(conn: Connection, idents: Sequence[Ident]) -> list[Journey]
         flat = tuple(itertools.chain.from_iterable(chunk))
         for row in conn.exec_driver_sql(sql, flat):
             r = dict(zip(_JOURNEY_COLUMNS, row, strict=True))
-            found.append(
-                Journey(
-                    id=r["id"],
-                    rule_id=r["rule_id"],
-                    customer_id=r["customer_id"],
-                    key=r["key"],
-                    instance=r["instance"],
-                    status=r["status"],
-                    generation=r["generation"],
-                    trigger=TriggerFacts.from_snapshot(orjson.loads(r["trigger"])),
-                    next_step=r["next_step"],
-                    due_at=_sqlite_time(r["due_at"]),
-                    variant=r["variant"],
-                    ended_at=_sqlite_time(r["ended_at"]),
-                    end_reason=r["end_reason"],
-                )
-            )
+            r["trigger"] = orjson.loads(r["trigger"])
+            r["due_at"] = _sqlite_time(r["due_at"])
+            r["ended_at"] = _sqlite_time(r["ended_at"])
+            found.append(_journey(SimpleNamespace(**r)))
     return found
 
 
