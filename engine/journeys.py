@@ -34,6 +34,7 @@ __all__ = [
     "latest_occurrence",
     "on_event",
     "schedule_journeys",
+    "step_dedupe",
 ]
 
 ACTIVE = "active"
@@ -186,6 +187,12 @@ def _already_exited(
                 continue
             return seen
     return None
+
+
+def step_dedupe(journey: Journey) -> str:
+    """The decision key of a journey's current step in its current run: decided once."""
+    rule_id, customer_id, key, instance = journey.ident
+    return f"j:{rule_id}:{customer_id}:{key}:{instance}:{journey.generation}:{journey.next_step}"
 
 
 def _due(rule: Rule, trigger_at: datetime, step: int) -> datetime | None:
@@ -397,7 +404,7 @@ def fire_step(
 
     def decision(outcome: str, reason: str | None) -> Decision:
         return Decision(
-            dedupe=f"j:{rule.id}:{customer.id}:{journey.key}:{journey.instance}:{journey.generation}:{step_no}",
+            dedupe=step_dedupe(journey),
             rule_id=rule.id,
             customer_id=customer.id,
             ident=journey.ident,

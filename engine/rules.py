@@ -22,7 +22,7 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from engine.clock import parse_duration
+from engine.durations import parse_duration
 from engine.expressions import Expression, ExpressionError, Scope, compile_expression
 from engine.locations import (
     LocatedDict,

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.clock import Clock, format_duration
+from engine.clock import Clock
 from engine.config import Settings
 from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Profile, apply_events, compute_stats, contact_email
+from engine.durations import format_duration
 from engine.journeys import (
     Decision,
     Ident,
@@ -27,6 +28,7 @@ from engine.journeys import (
     latest_occurrence,
     on_event,
     schedule_journeys,
+    step_dedupe,
 )
 from engine.locations import Problem
 from engine.rules import Rule, RuleSet, load_rules
@@ -263,7 +265,7 @@ def _late(journey: Journey, rule: Rule, now: datetime, limit: timedelta) -> Deci
         return None
     step = rule.steps[journey.next_step]
     return Decision(
-        dedupe=f"j:{rule.id}:{journey.customer_id}:{journey.key}:{journey.instance}:{journey.generation}:{journey.next_step}",
+        dedupe=step_dedupe(journey),
         rule_id=rule.id,
         customer_id=journey.customer_id,
         ident=journey.ident,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -62,6 +62,7 @@ TRANSITIONS = table(JourneyTransitionRow)
 DECISIONS = table(DecisionRow)
 STATE = table(StateEntry)
 
+_S = TypeVar("_S", OrderState, CheckoutState)
 _CHUNK = 500  # bound parameters per IN (...) list
 _MULTI_ROWS = 1000  # rows per multi-row INSERT on SQLite
 _SQLITE_VARIABLES = 32000  # below SQLite's limit of 32766 bound variables
@@ -205,6 +206,17 @@ def _parse(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
+def _state(kind: type[_S], r: Any) -> _S:
+    """An order/checkout state from its row: the dataclass fields are the table's columns."""
+    values = {f.name: getattr(r, f.name) for f in fields(kind)}
+    values["products"] = list(values["products"] or [])
+    return kind(**values)
+
+
+def _row(state: OrderState | CheckoutState) -> dict[str, Any]:
+    return {f.name: getattr(state, f.name) for f in fields(state)}
+
+
 def load_profiles(conn: Connection, ids: Sequence[int]) -> dict[int, Profile]:
     profiles: dict[int, Profile] = {}
     for chunk in chunks(ids):
@@ -230,29 +242,10 @@ def load_profiles(conn: Connection, ids: Sequence[int]) -> dict[int, Profile]:
                 profiles[r.customer_id].identities.add((r.kind, r.value))
         for r in conn.execute(sa.select(ORDERS).where(ORDERS.c.customer_id.in_(chunk))):
             if r.customer_id in profiles:
-                profiles[r.customer_id].orders[r.order_id] = OrderState(
-                    order_id=r.order_id,
-                    cart_id=r.cart_id,
-                    placed_at=r.placed_at,
-                    revenue=r.revenue,
-                    refunded=r.refunded,
-                    cancelled=r.cancelled,
-                    currency=r.currency,
-                    discount=r.discount,
-                    coupon=r.coupon,
-                    products=list(r.products or []),
-                )
+                profiles[r.customer_id].orders[r.order_id] = _state(OrderState, r)
         for r in conn.execute(sa.select(CHECKOUTS).where(CHECKOUTS.c.customer_id.in_(chunk))):
             if r.customer_id in profiles:
-                profiles[r.customer_id].checkouts[r.cart_id] = CheckoutState(
-                    cart_id=r.cart_id,
-                    started_at=r.started_at,
-                    completed_at=r.completed_at,
-                    updated_at=r.updated_at,
-                    value=r.value,
-                    currency=r.currency,
-                    products=list(r.products or []),
-                )
+                profiles[r.customer_id].checkouts[r.cart_id] = _state(CheckoutState, r)
     return profiles
 
 
@@ -439,37 +432,12 @@ class SqlUnit:
         for order_id in sorted(outcome.orders):
             key = world.order_owner[order_id]
             o = world.profiles[key].orders[order_id]
-            orders.append(
-                {
-                    "order_id": o.order_id,
-                    "customer_id": ids[key],
-                    "cart_id": o.cart_id,
-                    "placed_at": o.placed_at,
-                    "revenue": o.revenue,
-                    "refunded": o.refunded,
-                    "cancelled": o.cancelled,
-                    "currency": o.currency,
-                    "discount": o.discount,
-                    "coupon": o.coupon,
-                    "products": o.products,
-                }
-            )
+            orders.append({**_row(o), "customer_id": ids[key]})
         checkouts: list[dict[str, Any]] = []
         for cart_id in sorted(outcome.checkouts):
             key = world.checkout_owner[cart_id]
             c = world.profiles[key].checkouts[cart_id]
-            checkouts.append(
-                {
-                    "cart_id": c.cart_id,
-                    "customer_id": ids[key],
-                    "started_at": c.started_at,
-                    "completed_at": c.completed_at,
-                    "updated_at": c.updated_at,
-                    "value": c.value,
-                    "currency": c.currency,
-                    "products": c.products,
-                }
-            )
+            checkouts.append({**_row(c), "customer_id": ids[key]})
         self._upsert(ORDERS, orders, ["order_id"])
         self._upsert(CHECKOUTS, checkouts, ["cart_id"])
         return ids

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import format_duration, parse_duration
 from engine.config import describe_settings, load_settings
+from engine.durations import format_duration, parse_duration
 from engine.errors import ConfigError
 
 
