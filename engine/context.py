@@ -96,8 +96,16 @@ def values_for(
 ) -> Values:
     """``values(path)`` for :meth:`engine.expressions.Expression.evaluate`."""
     stats: dict[str, Any] = {}  # brought up to date on first use: many rules read none
+    seen: dict[tuple[str, ...], Any] = {}  # several rules read the same paths of one event
 
     def values(path: tuple[str, ...]) -> Any:
+        try:
+            return seen[path]
+        except KeyError:
+            value = seen[path] = lookup(path)
+            return value
+
+    def lookup(path: tuple[str, ...]) -> Any:
         head = path[0]
         if head == "now":
             return now

@@ -199,6 +199,27 @@ def _due(rule: Rule, trigger_at: datetime, step: int) -> datetime | None:
     return trigger_at + rule.steps[step].offset if step < len(rule.steps) else None
 
 
+class EventView:
+    """One event of one customer as the rules see it: expression values and each rule's
+    key, computed once however many times (candidates, exits, triggers) they are asked for."""
+
+    def __init__(
+        self,
+        customer: CustomerFacts,
+        event: TriggerFacts,
+        now: datetime,
+        abandoned_after: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.values = values_for(customer, event, now, abandoned_after=abandoned_after)
+        self._keys: dict[str, tuple[str | None, str | None]] = {}
+
+    def key(self, rule: Rule) -> tuple[str | None, str | None]:
+        got = self._keys.get(rule.id)
+        if got is None:
+            got = self._keys[rule.id] = _key(rule, self.values)
+        return got
+
+
 def candidates(
     rules: Iterable[Rule],
     customer: CustomerFacts,
@@ -206,20 +227,22 @@ def candidates(
     now: datetime,
     *,
     abandoned_after: timedelta = timedelta(hours=1),
+    view: EventView | None = None,
 ) -> tuple[set[Ident], set[tuple[str, int]]]:
     """What :func:`on_event` may touch for this event: exact journey idents, and
     (rule, customer) pairs whose every active journey it may end (``key: false`` exits,
-    parallel rules). The store loads just those."""
+    parallel rules). The store loads just those. Pass the same ``view`` to
+    :func:`on_event` to compute the keys once."""
     idents: set[Ident] = set()
     pairs: set[tuple[str, int]] = set()
-    values = values_for(customer, event, now, abandoned_after=abandoned_after)
+    view = view or EventView(customer, event, now, abandoned_after)
     for rule in rules:
         if rule.trigger.on_repeat == "parallel" or any(
             x.event == event.name and not x.match_key for x in rule.exit_on
         ):
             pairs.add((rule.id, customer.id))
             continue
-        key, _ = _key(rule, values)
+        key, _ = view.key(rule)
         if key is not None:
             idents.add((rule.id, customer.id, key, ""))
     return idents, pairs
@@ -235,6 +258,7 @@ def on_event(
     max_lag: timedelta,
     abandoned_after: timedelta = timedelta(hours=1),
     history: Sequence[TriggerFacts] = (),
+    view: EventView | None = None,
 ) -> JourneyOutcome:
     """Apply one event: end the journeys it exits, then start/restart those it triggers.
 
@@ -244,7 +268,8 @@ def on_event(
     event that would have ended it (out of order) starts nothing.
     """
     out = JourneyOutcome()
-    values = values_for(customer, event, now, abandoned_after=abandoned_after)
+    view = view or EventView(customer, event, now, abandoned_after)
+    values = view.values
     rules = [r for r in rules if r.enabled]
     for rule in rules:
         for exit_on in rule.exit_on:
@@ -255,7 +280,7 @@ def on_event(
                 continue
             key = None
             if exit_on.match_key and rule.trigger.key is not None:
-                key, _ = _key(rule, values)
+                key, _ = view.key(rule)
                 if key is None:
                     continue
             if key is not None and rule.trigger.on_repeat != "parallel":
@@ -305,7 +330,7 @@ def on_event(
                 _not_started(rule, customer, event, now, _why(rule.condition, reason))
             )
             continue
-        key, reason = _key(rule, values)
+        key, reason = view.key(rule)
         if key is None:
             out.decisions.append(_not_started(rule, customer, event, now, reason or "no key"))
             continue

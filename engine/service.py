@@ -19,6 +19,7 @@ from engine.customers import EventIn, Profile, apply_events, compute_stats, cont
 from engine.durations import format_duration
 from engine.journeys import (
     Decision,
+    EventView,
     Ident,
     Journey,
     JourneyOutcome,
@@ -163,13 +164,11 @@ def _apply_rules(
         facts = facts | unit.customer_facts(missing, settings.default_timezone)
     idents: set[Ident] = set()
     pairs: set[tuple[str, int]] = set()
-    for trigger, cid in triggers:
+    abandoned_after = settings.processing.abandoned_after
+    views = [EventView(facts[cid], trigger, now, abandoned_after) for trigger, cid in triggers]
+    for (trigger, cid), view in zip(triggers, views, strict=True):
         more_idents, more_pairs = candidates(
-            by_name[trigger.name],
-            facts[cid],
-            trigger,
-            now,
-            abandoned_after=settings.processing.abandoned_after,
+            by_name[trigger.name], facts[cid], trigger, now, view=view
         )
         idents |= more_idents
         pairs |= more_pairs
@@ -186,7 +185,7 @@ def _apply_rules(
         for trigger, cid in triggers:
             if trigger.name in exit_names:
                 history.setdefault(cid, []).append(trigger)
-    for trigger, cid in triggers:
+    for (trigger, cid), view in zip(triggers, views, strict=True):
         journeys.extend(
             on_event(
                 by_name[trigger.name],
@@ -195,8 +194,9 @@ def _apply_rules(
                 by_customer.setdefault(cid, {}),
                 now,
                 max_lag=settings.processing.trigger_max_lag,
-                abandoned_after=settings.processing.abandoned_after,
+                abandoned_after=abandoned_after,
                 history=history.get(cid, ()),
+                view=view,
             )
         )
     unit.write_journeys(journeys)
