@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/nudge secrets init
-	$(BIN)/nudge run
+	$(BIN)/nudge run --sink 8025
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

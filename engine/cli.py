@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gc
 import json
 import logging
@@ -28,9 +29,11 @@ app = typer.Typer(no_args_is_help=True, help="Nudge: trigger-driven marketing au
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 customers_app = typer.Typer(no_args_is_help=True, help="Customer profiles.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Local development secrets.")
+deliveries_app = typer.Typer(no_args_is_help=True, help="The outbox: deliveries and dead letters.")
 app.add_typer(db_app, name="db")
 app.add_typer(customers_app, name="customers")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(deliveries_app, name="deliveries")
 
 ConfigOption = Annotated[
     Path | None,
@@ -108,10 +111,49 @@ def _banner(settings: Settings) -> None:
         )
 
 
-def _serve(config: Path | None, host: str | None, port: int | None, *, background: bool) -> None:
+def _sink_secrets(settings: Settings) -> list[str]:
+    return sorted(
+        {
+            e.secret.get_secret_value()
+            for channel in settings.channels.values()
+            for e in channel.endpoints
+        }
+    )
+
+
+def _start_sink(settings: Settings, port: int) -> threading.Thread:
+    """The demo receiver on its own thread (``nudge run --sink``)."""
+    import uvicorn
+
+    from engine.web.sink import create_sink_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_sink_app(_sink_secrets(settings), console=console),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="nudge-sink", daemon=True)
+    thread.start()
+    console.print(f"  sink:     http://127.0.0.1:{port}/ prints each delivered message")
+    return thread
+
+
+def _serve(
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    *,
+    background: bool,
+    sink: int | None = None,
+) -> None:
     """The HTTP server, with (``run``) or without (``serve``) the background work."""
     import uvicorn
 
+    from engine.delivery import DispatcherThread
     from engine.scheduler import EngineScheduler
     from engine.web import create_app
 
@@ -120,8 +162,12 @@ def _serve(config: Path | None, host: str | None, port: int | None, *, backgroun
     _logging(settings)
     engine = _engine(settings, rules=True)  # serve: for GET /api/rules and reloads
     scheduler = EngineScheduler(engine) if background else None
-    if scheduler is not None:
+    dispatcher = DispatcherThread(engine) if background else None
+    if scheduler is not None and dispatcher is not None:
+        if sink is not None:
+            _start_sink(settings, sink)
         scheduler.start()
+        dispatcher.start()
         _banner(settings)
         _rules_summary(engine)
     server = uvicorn.Server(
@@ -139,6 +185,8 @@ def _serve(config: Path | None, host: str | None, port: int | None, *, backgroun
     finally:
         if scheduler is not None:
             scheduler.shutdown()
+        if dispatcher is not None:
+            dispatcher.stop()
         engine.store.close()
 
 
@@ -147,9 +195,14 @@ def run(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    sink: Annotated[
+        int | None,
+        typer.Option(help="Also run the demo webhook receiver on this port (e.g. 8025)."),
+    ] = None,
 ) -> None:
-    """Run everything in one process: HTTP API, event processing and the scheduler."""
-    _serve(config, host, port, background=True)
+    """Run everything in one process: HTTP API, event processing, the scheduler and the
+    dispatcher."""
+    _serve(config, host, port, background=True, sink=sink)
 
 
 @app.command()
@@ -167,7 +220,11 @@ def worker(
     config: ConfigOption = None,
     once: Annotated[bool, typer.Option(help="Process what is pending, then exit.")] = False,
 ) -> None:
-    """Run the background work (events, journeys, schedules) without the HTTP API."""
+    """Run the background work (events, journeys, schedules, deliveries) without the HTTP
+    API."""
+    import asyncio
+
+    from engine.delivery import Dispatcher, DispatcherThread
     from engine.scheduler import EngineScheduler
 
     settings = _settings(config)
@@ -176,20 +233,35 @@ def worker(
     scheduler = EngineScheduler(engine)
     if once:
         done = scheduler.run_pending()
+
+        async def deliver() -> int:
+            dispatcher = Dispatcher(engine)
+            total = 0
+            try:
+                while handled := await dispatcher.dispatch_once():
+                    total += handled
+            finally:
+                await dispatcher.poster.aclose()
+            return total
+
+        delivered = asyncio.run(deliver())
         console.print(f"processed {done['process-events']} events")
         console.print(
             f"started {done['run-schedules']} scheduled journeys, "
-            f"decided {done['fire-due-steps']} due steps"
+            f"decided {done['fire-due-steps']} due steps, {delivered} delivery attempt(s)"
         )
         engine.store.close()
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    dispatcher = DispatcherThread(engine)
     scheduler.start()
+    dispatcher.start()
     logging.getLogger(__name__).info("worker started")
     stop.wait()
     scheduler.shutdown()
+    dispatcher.stop()
     engine.store.close()
 
 
@@ -335,17 +407,23 @@ def validate(
 ) -> None:
     """Check rules and the templates they name; exit 1 if anything is wrong."""
     from engine.rules import load_rules
+    from engine.service import make_renderer
 
     settings = _settings(config)
     target = path or settings.rules_dir
     templates_dir = templates or settings.templates_dir
+    renderer, template_problems = make_renderer(
+        settings.model_copy(update={"templates_dir": templates_dir})
+    )
+    options: dict[str, Any] = {"renderer": renderer, "sensitive": settings.sensitive}
     if target.is_file():
-        result = load_rules(target.parent, templates_dir, paths=[target])
+        result = load_rules(target.parent, templates_dir, paths=[target], **options)
     elif target.is_dir():
-        result = load_rules(target, templates_dir)
+        result = load_rules(target, templates_dir, **options)
     else:
         console.print(f"[red]error:[/red] {target} is neither a file nor a folder", highlight=False)
         raise typer.Exit(2)
+    result = dataclasses.replace(result, problems=(*template_problems, *result.problems))
     if output == "json":
         typer.echo(
             json.dumps(
@@ -564,6 +642,116 @@ def demo(
         console.print(
             f"  {'live visitor (journeys)':<24} nudge customers show {ref}", highlight=False
         )
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    config: ConfigOption = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending, delivered, failed or dead (default: all).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The outbox, most recently changed first."""
+    engine = _engine(_settings(config))
+    rows = engine.store.deliveries(status, limit)
+    engine.store.close()
+    if as_json:
+        typer.echo(json.dumps(rows, default=str, indent=2))
+        return
+    table = Table(
+        "id", "message", "rule", "step", "endpoint", "status", "tries", "next / done", "last result"
+    )
+    for r in rows:
+        when = r["delivered_at"] or (r["next_attempt_at"] if r["status"] == "pending" else None)
+        last = r["last_error"] or (f"HTTP {r['last_status']}" if r["last_status"] else "")
+        table.add_row(
+            str(r["id"]),
+            r["message_id"],
+            r["rule_id"],
+            str(r["step"] + 1),
+            r["endpoint"],
+            r["status"],
+            str(r["attempts"]),
+            when.isoformat(timespec="seconds") if when else "",
+            last,
+        )
+    console.print(table)
+
+
+@deliveries_app.command("show")
+def deliveries_show(
+    ref: Annotated[str, typer.Argument(help="Outbox id or message id (msg_...).")],
+    config: ConfigOption = None,
+) -> None:
+    """One delivery: its message body and every attempt."""
+    engine = _engine(_settings(config))
+    found = engine.store.delivery(ref)
+    engine.store.close()
+    if found is None:
+        console.print(f"[red]no delivery {ref!r}[/red]", highlight=False)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(found, default=str, indent=2))
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox ids (dead or failed).")] = None,
+    config: ConfigOption = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Re-drive every dead letter.")] = False,
+) -> None:
+    """Queue dead or failed deliveries again, due now, with a fresh retry budget."""
+    if not ids and not dead:
+        console.print("[red]name outbox ids, or --dead for every dead letter[/red]")
+        raise typer.Exit(2)
+    engine = _engine(_settings(config))
+    with engine.store.unit() as unit:
+        count = unit.redrive(None if dead and not ids else ids, engine.clock.now())
+    engine.store.close()
+    console.print(f"{count} deliveries queued again")
+
+
+@deliveries_app.command("enable")
+def deliveries_enable(
+    url: Annotated[str, typer.Argument(help="The endpoint URL a 410 Gone disabled.")],
+    config: ConfigOption = None,
+) -> None:
+    """Enable an endpoint again (then `nudge deliveries retry --dead`)."""
+    engine = _engine(_settings(config))
+    with engine.store.unit() as unit:
+        unit.set_endpoint_disabled(url, None)
+    engine.store.close()
+    console.print(f"{url} enabled")
+
+
+@app.command()
+def sink(
+    config: ConfigOption = None,
+    port: Annotated[int, typer.Option(help="Listen port on 127.0.0.1.")] = 8025,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(help="whsec_ secret(s) to verify (default: the channels' endpoints)."),
+    ] = None,
+) -> None:
+    """A demo webhook receiver: verifies each signed message and prints it."""
+    import uvicorn
+
+    from engine.config import resolve_secret
+    from engine.web.sink import create_sink_app
+
+    secrets_ = [resolve_secret(s) for s in secret] if secret else _sink_secrets(_settings(config))
+    if not secrets_:
+        console.print("[red]no secrets: configure channels in config.yaml or pass --secret[/red]")
+        raise typer.Exit(2)
+    console.print(f"sink listening on http://127.0.0.1:{port}/", highlight=False)
+    uvicorn.run(
+        create_sink_app(secrets_, console=console),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def main() -> None:

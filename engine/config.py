@@ -10,13 +10,13 @@ whenever settings are printed.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -24,8 +24,15 @@ from engine.durations import parse_duration
 from engine.errors import ConfigError
 
 __all__ = [
+    "CapSettings",
+    "ChannelSettings",
+    "DeliverySettings",
+    "EndpointSettings",
     "IngestSettings",
     "ProcessingSettings",
+    "QuietHoursSettings",
+    "RenderingSettings",
+    "SensitiveSettings",
     "ServerSettings",
     "Settings",
     "ShopifySettings",
@@ -58,6 +65,18 @@ def resolve_secret(value: Any) -> Any:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> Any:
+    """``30s``/``5m``/``2h``/``1d``/``1w``, or ``200ms``; other values pass to pydantic."""
+    if isinstance(value, str):
+        if value.endswith("ms") and value[:-2].isdigit():
+            return timedelta(milliseconds=int(value[:-2]))
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class ServerSettings(_Section):
@@ -113,21 +132,127 @@ class ProcessingSettings(_Section):
     )
     due_batch_size: int = Field(1000, ge=1, description="Due journey steps per transaction.")
 
-    @field_validator(
+    _durations = field_validator(
         "interval",
         "abandoned_after",
         "trigger_max_lag",
         "step_max_lateness",
         "schedule_grace",
         mode="before",
+    )(_duration)
+
+
+class CapSettings(_Section):
+    channel: Literal["email", "push", "sms", "any"] = Field(
+        description="The channel the cap counts (`any`: every channel)."
     )
+    max: int = Field(ge=1, description="Most messages in any rolling window of `per`.")
+    per: Duration = Field(description="The rolling window, e.g. 16h or 7d.")
+    on_limit: Literal["skip", "defer"] = Field(
+        "skip", description="When full: skip the message, or defer it until a slot frees."
+    )
+
+
+class QuietHoursSettings(_Section):
+    start: time = Field(description="Start of the quiet window, customer-local (HH:MM).")
+    end: time = Field(description="End of the quiet window, customer-local (HH:MM).")
+    channels: list[Literal["email", "push", "sms"]] = Field(
+        default_factory=list, description="Channels kept quiet (empty: all)."
+    )
+    on_quiet: Literal["defer", "skip"] = Field(
+        "defer", description="Defer to the window's end, or skip the message."
+    )
+
+
+class EndpointSettings(_Section):
+    url: str = Field(pattern=r"^https?://", description="Where messages are POSTed.")
+    secret: SecretStr = Field(description="Standard Webhooks signing secret (whsec_...).")
+    timeout: Duration = Field(timedelta(seconds=10), description="Per-request timeout.")
+
+    _resolve = field_validator("secret", mode="before")(resolve_secret)
+
+    @field_validator("secret")
     @classmethod
-    def _duration(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.endswith("ms") and value[:-2].isdigit():
-                return timedelta(milliseconds=int(value[:-2]))
-            return parse_duration(value)
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        import base64
+        import binascii
+
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("a signing secret starts with whsec_ (see `nudge secrets init`)")
+        try:
+            if not base64.b64decode(text[6:] + "==", validate=False):
+                raise ValueError("the signing secret is empty")
+        except binascii.Error as exc:
+            raise ValueError("a signing secret is whsec_ followed by base64") from exc
         return value
+
+
+class ChannelSettings(_Section):
+    endpoints: list[EndpointSettings] = Field(
+        default_factory=list, description="Every message of the channel goes to each endpoint."
+    )
+
+
+class DeliverySettings(_Section):
+    concurrency: int = Field(100, ge=1, description="Most webhook requests in flight at once.")
+    batch_size: int = Field(200, ge=1, description="Outbox rows claimed per transaction.")
+    interval: Duration = Field(
+        timedelta(milliseconds=100), description="How often the dispatcher polls the outbox."
+    )
+    lease: Duration = Field(
+        timedelta(seconds=60),
+        description="A claimed delivery not finished after this long is claimed again.",
+    )
+    breaker_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open an endpoint's circuit breaker."
+    )
+    breaker_cooldown: Duration = Field(
+        timedelta(seconds=30), description="How long an open breaker waits before a trial."
+    )
+
+
+class RenderingSettings(_Section):
+    max_output_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest rendered message (all blocks)."
+    )
+    max_render_seconds: float = Field(
+        2.0, gt=0, description="Longest a template may take to render."
+    )
+
+
+class SensitiveSettings(_Section):
+    attributes: list[str] = Field(
+        default_factory=lambda: [
+            "customer.traits.birthday",
+            "customer.traits.date_of_birth",
+            "customer.traits.gender",
+            "customer.traits.address",
+            "customer.traits.location",
+            "customer.traits.latitude",
+            "customer.traits.longitude",
+            "customer.traits.health",
+        ],
+        description="Paths a rule or template may only read if it lists them in uses_sensitive.",
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: ["health", "pharmacy", "medical", "adult", "sexual wellness"],
+        description="Product categories hidden from templates unless uses_sensitive: [categories].",
+    )
+    view_events: list[str] = Field(
+        default_factory=lambda: [
+            "page",
+            "screen",
+            "Product Viewed",
+            "Product List Viewed",
+            "Products Searched",
+        ],
+        description="Mere browsing events: a rule on them should not message too soon.",
+    )
+    min_wait_after_view: Duration = Field(
+        timedelta(minutes=30),
+        description="A browsing-triggered rule whose first step is sooner gets a warning.",
+    )
 
 
 class Settings(BaseSettings):
@@ -168,11 +293,32 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = Field(
         default_factory=ProcessingSettings, description="Event processor."
     )
+    frequency_caps: list[CapSettings] = Field(
+        default_factory=list, description="Global frequency caps, all of them apply (ANDed)."
+    )
+    quiet_hours: QuietHoursSettings | None = Field(
+        None, description="No messages in this customer-local window (defer or skip)."
+    )
+    channels: dict[Literal["email", "push", "sms"], ChannelSettings] = Field(
+        default_factory=dict, description="Webhook endpoints per channel."
+    )
+    delivery: DeliverySettings = Field(
+        default_factory=DeliverySettings, description="The outbox dispatcher."
+    )
+    rendering: RenderingSettings = Field(
+        default_factory=RenderingSettings, description="Template rendering limits."
+    )
+    sensitive: SensitiveSettings = Field(
+        default_factory=SensitiveSettings, description="The creepiness guard."
+    )
+    link_secret: SecretStr | None = Field(
+        None, description="Key that signs tracked-link and unsubscribe tokens."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
 
-    _resolve = field_validator("admin_token", mode="before")(resolve_secret)
+    _resolve = field_validator("admin_token", "link_secret", mode="before")(resolve_secret)
 
     @field_validator("write_keys", mode="before")
     @classmethod

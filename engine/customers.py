@@ -39,6 +39,7 @@ __all__ = [
     "contact_email",
     "merge_profiles",
     "profile_zone",
+    "push_tokens",
 ]
 
 USER = "user"
@@ -160,6 +161,10 @@ class Outcome:
     failed: dict[int, str] = field(default_factory=dict)  # event seq -> reason
     orders: set[str] = field(default_factory=set)  # order ids to write back
     checkouts: set[str] = field(default_factory=set)  # cart ids to write back
+    # (channel, address, reason, profile key, at): hard bounces, complaints.
+    suppress: list[tuple[str, str, str, int, datetime]] = field(default_factory=list)
+    # (channel, address): unsubscribe suppressions an explicit Subscribed event lifts.
+    unsuppress: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _new_profile(world: World, now: datetime) -> Profile:
@@ -219,6 +224,58 @@ def _merge_traits(into: Profile, traits: dict[str, Any], times: dict[str, str]) 
             into.trait_times[name] = when
 
 
+_CONSENT = "$consent:"  # trait_times key: when the consent for a channel was last given
+_CHANNELS = ("email", "push", "sms")
+_HARD_BOUNCES = frozenset({"hard", "permanent", "hard_bounce", "hardbounce"})
+
+
+def _set_consent(profile: Profile, channel: str, value: bool, when: str) -> None:
+    """The later choice wins; on a tie, opting out wins (never message on a coin toss)."""
+    current = profile.trait_times.get(_CONSENT + channel)
+    if current is None or when > current or (when == current and value is False):
+        profile.consent[channel] = value
+        profile.trait_times[_CONSENT + channel] = when
+
+
+def _apply_consent(
+    out: Outcome, profile: Profile, event: EventIn, traits: dict[str, Any], props: dict[str, Any]
+) -> None:
+    """Consent and suppressions: ``accepts_marketing`` traits, ``Unsubscribed`` /
+    ``Subscribed`` events (``channel``, default email), hard ``Email Bounced`` and
+    ``Email Complained`` (the address in ``email`` or the profile's)."""
+    stamp = event.timestamp.isoformat()
+    if isinstance(traits.get("accepts_marketing"), bool):
+        _set_consent(profile, "email", traits["accepts_marketing"], stamp)
+    if event.type != "track":
+        return
+    name = event.name
+    given = props.get("channel")
+    channel = given if isinstance(given, str) and given in _CHANNELS else "email"
+    if name in ("Unsubscribed", "Subscribed"):
+        _set_consent(profile, channel, name == "Subscribed", stamp)
+        address = contact_email(profile) if channel == "email" else None
+        if name == "Subscribed" and address:
+            out.unsuppress.append((channel, address))
+        return
+    address = props.get("email") if isinstance(props.get("email"), str) else None
+    address = (address or contact_email(profile) or "").strip().lower()
+    if not address:
+        return
+    if name == "Email Bounced":
+        kind = str(props.get("bounce_type") or props.get("type") or "").lower()
+        if kind in _HARD_BOUNCES:
+            out.suppress.append(("email", address, "hard bounce", profile.key, event.timestamp))
+    elif name in ("Email Complained", "Email Marked as Spam"):
+        out.suppress.append(("email", address, "complaint", profile.key, event.timestamp))
+
+
+def push_tokens(traits: dict[str, Any]) -> tuple[str, ...]:
+    """The device tokens in the ``push_tokens`` (list) or ``push_token`` trait."""
+    raw = traits.get("push_tokens")
+    tokens = raw if isinstance(raw, list) else [traits.get("push_token")]
+    return tuple(t for t in tokens if isinstance(t, str) and t.strip())
+
+
 def _merge_order(a: OrderState, b: OrderState) -> OrderState:
     # The earliest placement is the order (a repeated Order Completed does not change it);
     # refunds and cancellation accumulate from either side.
@@ -259,8 +316,8 @@ def merge_profiles(survivor: Profile, loser: Profile) -> None:
     if survivor.user_id is None:
         survivor.user_id = loser.user_id
     _merge_traits(survivor, loser.traits, loser.trait_times)
-    for key, value in loser.consent.items():
-        survivor.consent.setdefault(key, value)
+    for channel, value in loser.consent.items():
+        _set_consent(survivor, channel, value, loser.trait_times.get(_CONSENT + channel, ""))
     for name, count in loser.event_counts.items():
         survivor.event_counts[name] = survivor.event_counts.get(name, 0) + count
     survivor.first_seen_at = _earlier(survivor.first_seen_at, loser.first_seen_at)
@@ -561,9 +618,11 @@ def _apply(world: World, out: Outcome, profile: Profile, event: EventIn) -> None
             profile.context_timezone = zone
             profile.trait_times[DEVICE_ZONE] = stamp
 
+    props = payload.get("properties") if event.type == "track" else None
+    props = props if isinstance(props, dict) else {}
+    _apply_consent(out, profile, event, traits, props)
     if event.type == "track":
-        props = payload.get("properties")
-        _apply_commerce(world, out, profile, event, props if isinstance(props, dict) else {})
+        _apply_commerce(world, out, profile, event, props)
 
 
 def apply_events(world: World, events: list[EventIn], now: datetime) -> Outcome:

@@ -8,6 +8,7 @@
     │   ├── AuthError        missing or wrong write key, admin token or webhook signature
     │   └── LimitError       a size limit was exceeded (names the limit)
     ├── NotFoundError        a customer, rule or delivery that does not exist
+    ├── RenderError          a template failed to render (names the template and line)
     └── StoreError           the database refused or is unreachable
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "LimitError",
     "NotFoundError",
     "NudgeError",
+    "RenderError",
     "StoreError",
     "ValidationError",
 ]
@@ -82,6 +84,21 @@ class LimitError(ValidationError):
 class NotFoundError(NudgeError):
     code = "not_found"
     status = 404
+
+
+class RenderError(NudgeError):
+    """A template failed to render: ``template`` (file name), ``line`` (1-based, or None),
+    ``message``."""
+
+    code = "render_error"
+    status = 422
+
+    def __init__(self, template: str, line: int | None, message: str) -> None:
+        where = f"{template}:{line}" if line is not None else template
+        super().__init__(f"{where}: {message}", details={"template": template, "line": line})
+        self.template = template
+        self.line = line
+        self.message = message
 
 
 class StoreError(NudgeError):

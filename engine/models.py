@@ -21,12 +21,16 @@ __all__ = [
     "Checkout",
     "Customer",
     "DecisionRow",
+    "DeliveryAttemptRow",
     "Event",
     "Identity",
     "JourneyRow",
     "JourneyTransitionRow",
+    "MessageRow",
     "Order",
+    "OutboxRow",
     "StateEntry",
+    "SuppressionRow",
     "UTCDateTime",
     "table",
 ]
@@ -267,3 +271,84 @@ class DecisionRow(SQLModel, table=True):
     at: datetime = _ts()
     due_at: datetime | None = _ts(nullable=True)
     event_seq: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))
+
+
+class MessageRow(SQLModel, table=True):
+    """A message decided ``sent``: the exact JSON body every endpoint receives, signed per
+    attempt. Its id (``msg_…``, derived from the decision) is the ``webhook-id``."""
+
+    __tablename__ = "messages"
+    __table_args__ = (sa.Index("ix_messages_customer_at", "customer_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    decision_dedupe: str = Field(max_length=400, unique=True)
+    customer_id: int = Field(sa_column=sa.Column(_BigId, nullable=False))
+    rule_id: str = Field(max_length=64)
+    step: int
+    variant: str | None = Field(default=None, max_length=64)
+    channel: str = Field(max_length=16)
+    template: str = Field(max_length=128)
+    body: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    links: list[str] = Field(default_factory=list, sa_column=sa.Column(_json(), nullable=False))
+    created_at: datetime = _ts()
+
+
+class OutboxRow(SQLModel, table=True):
+    """One message to one endpoint: pending → delivered | failed | dead (re-drivable)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("message_id", "endpoint", name="uq_outbox_message_endpoint"),
+        sa.Index(
+            "ix_outbox_due",
+            "next_attempt_at",
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+        sa.Index("ix_outbox_status_updated", "status", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    message_id: str = Field(max_length=64)
+    endpoint: str = Field(max_length=2000)
+    channel: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _ts()
+    lease_until: datetime | None = _ts(nullable=True)
+    last_status: int | None = Field(default=None)
+    last_error: str | None = Field(default=None)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class DeliveryAttemptRow(SQLModel, table=True):
+    """Every POST of an outbox row: when, what came back, how long it took."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    outbox_id: int = Field(sa_column=sa.Column(_BigId, nullable=False, index=True))
+    attempt: int
+    at: datetime = _ts()
+    status: int | None = Field(default=None)
+    error: str | None = Field(default=None)
+    duration_ms: float = Field(default=0.0)
+    action: str = Field(max_length=200)
+
+
+class SuppressionRow(SQLModel, table=True):
+    """An address no marketing may go to: hard bounce, complaint or unsubscribe."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "address", name="uq_suppressions_channel_address"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(_BigId, primary_key=True))
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=320)
+    reason: str = Field(max_length=64)
+    customer_id: int | None = Field(default=None, sa_column=sa.Column(_BigId, nullable=True))
+    at: datetime = _ts()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -22,7 +22,7 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from engine.durations import parse_duration
+from engine.durations import format_duration, parse_duration
 from engine.expressions import Expression, ExpressionError, Scope, compile_expression
 from engine.locations import (
     LocatedDict,
@@ -32,6 +32,10 @@ from engine.locations import (
     locate,
     value_style,
 )
+
+if TYPE_CHECKING:
+    from engine.config import SensitiveSettings
+    from engine.rendering import Renderer
 
 __all__ = [
     "CHANNELS",
@@ -121,6 +125,7 @@ class CapSpec(_Spec):
     max: int = Field(ge=1)
     per: timedelta
     channel: Literal["email", "push", "sms", "any"] = "any"
+    on_limit: Literal["skip", "defer"] = "skip"
 
     _per = field_validator("per", mode="before")(_duration)
 
@@ -150,6 +155,7 @@ class RuleSpec(_Spec):
     holdout: float = 0.0
     goal: GoalSpec = Field(default_factory=GoalSpec)
     declare: dict[str, list[str]] = Field(default_factory=dict)
+    uses_sensitive: list[str] = Field(default_factory=list)
 
     _wait = field_validator("wait", mode="before")(lambda v: None if v is None else _duration(v))
     _if = field_validator("if_", mode="before")(_condition_text)
@@ -250,6 +256,7 @@ class Rule:
     goal: Goal
     file: str
     line: int
+    uses_sensitive: tuple[str, ...] = ()
 
     def template_for(self, step: Step, variant: str | None) -> str:
         """The template a step renders for ``variant``: a variant's template replaces the
@@ -608,12 +615,152 @@ def _compile(
             goal=goal,
             file=file,
             line=line,
+            uses_sensitive=tuple(spec.uses_sensitive),
         ),
         problems,
     )
 
 
-def _load_file(path: Path, templates_dir: Path, display: str) -> tuple[list[Rule], list[Problem]]:
+_CATEGORIES = "categories"
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def _covered(path: str, allowed: Iterable[str]) -> bool:
+    return any(path == a or path.startswith(a + ".") for a in allowed)
+
+
+def _sensitive_problems(
+    rule: Rule,
+    spec: RuleSpec,
+    raw: Any,
+    prefix: tuple[Any, ...],
+    file: str,
+    renderer: Renderer | None,
+    sensitive: SensitiveSettings,
+) -> list[Problem]:
+    """The creepiness guard: a rule may read a sensitive attribute, or single out a
+    sensitive product category, only if it says so in ``uses_sensitive``; a rule that
+    messages soon after a mere browsing event gets a warning."""
+    problems: list[Problem] = []
+    attributes = sensitive.attributes
+    categories = {c.lower() for c in sensitive.categories}
+    allowed = set(rule.uses_sensitive)
+    for i, name in enumerate(spec.uses_sensitive):
+        if name != _CATEGORIES and not _covered(name, attributes):
+            choices = [*attributes, _CATEGORIES]
+            close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; one of: {', '.join(choices)}"
+            problems.append(
+                _at(
+                    raw,
+                    (*prefix, "uses_sensitive", i),
+                    file,
+                    f"uses_sensitive: {name!r} is not a sensitive attribute{hint}",
+                    rule=rule.id,
+                )
+            )
+
+    def needs(path: str) -> str | None:
+        """The sensitive attribute ``path`` reads (it, a part of it, or a map holding it —
+        except a bare root such as ``customer``), unless the rule declared it."""
+        for attribute in attributes:
+            reads = _covered(path, [attribute]) or ("." in path and _covered(attribute, [path]))
+            if reads and not _covered(attribute, allowed) and not _covered(path, allowed):
+                return attribute
+        return None
+
+    expressions: list[tuple[tuple[Any, ...], Expression | None]] = [
+        (("trigger", "where"), rule.trigger.where),
+        (("trigger", "key"), rule.trigger.key),
+        (("trigger", "audience"), rule.trigger.audience),
+        (("if",), rule.condition),
+        (("goal", "where"), rule.goal.where),
+        *((("exit_on", i, "where"), x.where) for i, x in enumerate(rule.exit_on)),
+        *((("steps", s.index, "if"), s.condition) for s in rule.steps if spec.steps),
+    ]
+    for loc, expression in expressions:
+        if expression is None:
+            continue
+        for parts in expression.paths:
+            attribute = needs(".".join(parts))
+            if attribute is not None:
+                problems.append(
+                    _at(
+                        raw,
+                        (*prefix, *loc),
+                        file,
+                        f"`{expression.text}` reads the sensitive attribute {attribute}: "
+                        f"add `uses_sensitive: [{attribute}]` to the rule if this is intended",
+                        rule=rule.id,
+                    )
+                )
+        literals = {(a or b).lower() for a, b in _QUOTED.findall(expression.text)}
+        hit = sorted(literals & categories)
+        if hit and _CATEGORIES not in allowed:
+            problems.append(
+                _at(
+                    raw,
+                    (*prefix, *loc),
+                    file,
+                    f"`{expression.text}` singles out the sensitive category {hit[0]!r}: add "
+                    f"`uses_sensitive: [{_CATEGORIES}]` to the rule if this is intended",
+                    rule=rule.id,
+                )
+            )
+    if renderer is not None:
+        templates = {(s.index, s.template, s.channel) for s in rule.steps}
+        templates |= {
+            (s.index, rule.template_for(s, v.id), s.channel)
+            for v in rule.variants
+            for s in rule.steps
+        }
+        for index, name, channel in sorted(templates):
+            if not renderer.has(name, channel):
+                continue
+            for path in sorted(renderer.paths(name, channel)):
+                attribute = needs(path)
+                if attribute is not None:
+                    loc = ("steps", index, "template") if spec.steps else ("template",)
+                    problems.append(
+                        _at(
+                            raw,
+                            (*prefix, *loc),
+                            file,
+                            f"template {name}.{channel}.j2 reads the sensitive attribute "
+                            f"{attribute}: add `uses_sensitive: [{attribute}]` to the rule "
+                            "if this is intended",
+                            rule=rule.id,
+                        )
+                    )
+    first = rule.steps[0] if rule.steps else None
+    if (
+        first is not None
+        and rule.trigger.event in sensitive.view_events
+        and first.offset < sensitive.min_wait_after_view
+    ):
+        loc = ("steps", 0, "wait") if spec.steps else ("trigger", "event")
+        problems.append(
+            _at(
+                raw,
+                (*prefix, *loc),
+                file,
+                f"the first message goes out {format_duration(first.offset)} after a mere "
+                f"{rule.trigger.event}; at least {format_duration(sensitive.min_wait_after_view)} "
+                "feels less like being watched",
+                rule=rule.id,
+                severity="warning",
+            )
+        )
+    return problems
+
+
+def _load_file(
+    path: Path,
+    templates_dir: Path,
+    display: str,
+    renderer: Renderer | None = None,
+    sensitive: SensitiveSettings | None = None,
+) -> tuple[list[Rule], list[Problem]]:
     try:
         raw = load_located(path)
     except yaml.YAMLError as exc:
@@ -650,6 +797,10 @@ def _load_file(path: Path, templates_dir: Path, display: str) -> tuple[list[Rule
             problems += _spec_problems(exc, raw, prefix, display, rid)
             continue
         rule, found = _compile(spec, raw, prefix, display, templates_dir)
+        if rule is not None and sensitive is not None:
+            found += _sensitive_problems(rule, spec, raw, prefix, display, renderer, sensitive)
+            if any(p.severity == "error" for p in found):
+                rule = None
         problems += found
         if rule is not None:
             rules.append(rule)
@@ -657,9 +808,18 @@ def _load_file(path: Path, templates_dir: Path, display: str) -> tuple[list[Rule
 
 
 def load_rules(
-    rules_dir: Path, templates_dir: Path, *, paths: Iterable[Path] | None = None
+    rules_dir: Path,
+    templates_dir: Path,
+    *,
+    paths: Iterable[Path] | None = None,
+    renderer: Renderer | None = None,
+    sensitive: SensitiveSettings | None = None,
 ) -> RuleSet:
     """Load every ``*.yaml``/``*.yml`` under ``rules_dir`` (or just ``paths``).
+
+    With ``sensitive`` (the creepiness guard's settings) a rule that reads a sensitive
+    attribute — in an expression, or in a template through ``renderer`` — without declaring
+    it in ``uses_sensitive`` is an error.
 
     A file with any error contributes no rules (a half-loaded file would be surprising);
     the other files load. Duplicate ids: the first file (by name) wins, the rest are errors.
@@ -675,7 +835,7 @@ def load_rules(
     seen: dict[str, Rule] = {}
     for path in paths:
         display = str(path)
-        file_rules, file_problems = _load_file(path, templates_dir, display)
+        file_rules, file_problems = _load_file(path, templates_dir, display, renderer, sensitive)
         problems += file_problems
         if any(p.severity == "error" for p in file_problems):
             continue

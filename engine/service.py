@@ -6,23 +6,36 @@ at any point leaves either the whole step or none of it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from engine.clock import Clock
 from engine.config import Settings
 from engine.context import CustomerFacts, TriggerFacts
-from engine.customers import EventIn, Profile, apply_events, compute_stats, contact_email
+from engine.customers import (
+    EventIn,
+    Profile,
+    apply_events,
+    compute_stats,
+    contact_email,
+    push_tokens,
+)
 from engine.durations import format_duration
+from engine.errors import RenderError
 from engine.journeys import (
     Decision,
     EventView,
     Ident,
     Journey,
     JourneyOutcome,
+    Transition,
     advance,
     candidates,
     fire_step,
@@ -32,8 +45,23 @@ from engine.journeys import (
     step_dedupe,
 )
 from engine.locations import Problem
+from engine.policy import (
+    Audience,
+    Cap,
+    Defer,
+    Holdout,
+    Policy,
+    QuietHours,
+    Request,
+    Send,
+    SentMessage,
+    Skip,
+    decide_many,
+)
+from engine.rendering import Renderer, template_context
 from engine.rules import Rule, RuleSet, load_rules
 from engine.store.base import Store, Unit
+from engine.tracking import LinkSigner
 
 __all__ = [
     "Engine",
@@ -52,25 +80,44 @@ log = logging.getLogger(__name__)
 _RULE_RETRY = timedelta(minutes=5)
 
 
+def make_renderer(settings: Settings) -> tuple[Renderer, list[Problem]]:
+    """The templates compiled (with the settings' limits) and the problems found."""
+    renderer = Renderer(
+        settings.templates_dir,
+        max_output_bytes=settings.rendering.max_output_bytes,
+        max_render_seconds=settings.rendering.max_render_seconds,
+        hidden_categories=settings.sensitive.categories,
+    )
+    return renderer, renderer.load()
+
+
 class RuleBook:
-    """The loaded rules; :meth:`reload` swaps in a new set atomically."""
+    """The loaded rules and templates; :meth:`reload` swaps in a new set atomically."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self.current = RuleSet()
+        self.renderer = Renderer(settings.templates_dir)
 
     def reload(self) -> RuleSet:
-        """Load the rules again; a file with an error is skipped and reported."""
+        """Load the rules and templates again; a file with an error is skipped and reported."""
         with self._lock:
-            rules = load_rules(self._settings.rules_dir, self._settings.templates_dir)
+            renderer, template_problems = make_renderer(self._settings)
+            rules = load_rules(
+                self._settings.rules_dir,
+                self._settings.templates_dir,
+                renderer=renderer,
+                sensitive=self._settings.sensitive,
+            )
+            rules = replace(rules, problems=(*template_problems, *rules.problems))
             for problem in rules.problems:
                 log.log(
                     logging.ERROR if problem.severity == "error" else logging.WARNING,
                     "rules: %s",
                     problem,
                 )
-            self.current = rules
+            self.current, self.renderer = rules, renderer
             log.info("rules: %d loaded, %d problem(s)", len(rules.rules), len(rules.problems))
             return rules
 
@@ -87,9 +134,61 @@ class Engine:
     store: Store
     clock: Clock
     rules: RuleBook = field(init=False)
+    policy: Policy = field(init=False)
+    #: Set when new outbox rows commit, so the dispatcher need not wait for its next poll.
+    outbox_signal: threading.Event = field(init=False, default_factory=threading.Event)
+    _signer: list[LinkSigner] = field(init=False, default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", RuleBook(self.settings))
+        object.__setattr__(self, "policy", policy_from(self.settings))
+
+    def link_signer(self, unit: Unit | None = None) -> LinkSigner:
+        """Signs tracked links and unsubscribe tokens: with ``link_secret``, or else a random
+        key kept in the database (the same for every process sharing it)."""
+        if self._signer:
+            return self._signer[0]
+        if self.settings.link_secret is not None:
+            key = self.settings.link_secret.get_secret_value()
+        elif unit is None:
+            with self.store.unit() as own:
+                return self.link_signer(own)
+        else:
+            state = unit.get_state("secret:links")
+            if state is None:
+                state = {"key": secrets.token_urlsafe(32)}
+                unit.set_state("secret:links", state)
+            key = str(state["key"])
+        signer = LinkSigner(key, self.settings.base_url)
+        self._signer.append(signer)
+        return signer
+
+
+def suppression_address(channel: str, customer_id: int, email: str | None) -> str:
+    """What a suppression of ``channel`` is keyed on: the email address for email (a bounce
+    or unsubscribe follows the address), else the customer."""
+    if channel == "email" and email:
+        return email.strip().lower()
+    return f"customer:{customer_id}"
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The global policy of ``config.yaml``: frequency caps and quiet hours."""
+    quiet = settings.quiet_hours
+    return Policy(
+        caps=tuple(
+            Cap(channel=c.channel, max=c.max, per=c.per, on_limit=c.on_limit)
+            for c in settings.frequency_caps
+        ),
+        quiet_hours=QuietHours(
+            start=quiet.start,
+            end=quiet.end,
+            channels=frozenset(quiet.channels),
+            on_quiet=quiet.on_quiet,
+        )
+        if quiet is not None
+        else None,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +322,11 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
 
         ids = unit.write_profiles(world, loaded, outcome, stats)
         unit.write_identities(outcome.moved_identities, ids)
+        if outcome.suppress or outcome.unsuppress:
+            unit.suppress(
+                [(c, a, r, ids.get(k), at) for c, a, r, k, at in outcome.suppress],
+                outcome.unsuppress,
+            )
 
         triggers = [
             (_trigger(e), ids[outcome.assigned[e.seq]]) for e in events if e.seq in outcome.assigned
@@ -293,6 +397,7 @@ def fire_due_once(engine: Engine, limit: int | None = None) -> int:
             return 0
         facts = unit.customer_facts([j.customer_id for j in due], settings.default_timezone)
         out = JourneyOutcome()
+        ready: list[_Ready] = []
         for journey in due:
             rule = rules.by_id(journey.rule_id)
             customer = facts.get(journey.customer_id)
@@ -319,12 +424,232 @@ def fire_due_once(engine: Engine, limit: int | None = None) -> int:
                 now,
                 abandoned_after=settings.processing.abandoned_after,
             )
+            if decision is not None and decision.outcome == "would_send" and rule is not None:
+                ready.append(_Ready(rule, journey, updated, decision, transition))
+                continue
             out.journeys[journey.ident] = updated
             out.transitions.append(transition)
             if decision is not None:
                 out.decisions.append(decision)
+        sent = _decide(engine, unit, ready, facts, now, out) if ready else 0
         unit.write_journeys(out)
-        return len(due)
+    if sent:
+        engine.outbox_signal.set()
+    return len(due)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A due step that passed its conditions: the policy decides what becomes of it."""
+
+    rule: Rule
+    journey: Journey  # as claimed
+    advanced: Journey  # after the step
+    decision: Decision  # would_send
+    transition: Transition
+
+
+def _request(item: _Ready) -> Request:
+    rule, step = item.rule, item.rule.steps[item.decision.step]
+    return Request(
+        rule_id=rule.id,
+        priority=rule.priority,
+        channel=step.channel,
+        step=step.index,
+        due_at=item.journey.due_at or item.decision.at,
+        rule_caps=tuple(
+            Cap(channel=c.channel, max=c.max, per=c.per, on_limit=c.on_limit) for c in rule.caps
+        ),
+        holdout=rule.holdout,
+        variants=tuple((v.id, v.weight) for v in rule.variants),
+    )
+
+
+def _history_window(policy: Policy, rules: list[Rule]) -> timedelta:
+    windows = [c.per for c in policy.caps] + [c.per for r in rules for c in r.caps]
+    return max(windows, default=timedelta(0))
+
+
+def _decide(
+    engine: Engine,
+    unit: Unit,
+    ready: list[_Ready],
+    facts: dict[int, CustomerFacts],
+    now: datetime,
+    out: JourneyOutcome,
+) -> int:
+    """The policy stage of the due steps in ``ready`` (ARCHITECTURE.md §4): consent,
+    address, caps, quiet hours, holdout and variant, then render and queue the message —
+    decision, message and outbox rows in the caller's transaction. Returns messages queued.
+
+    A channel with no endpoints configured is a dry run: everything happens (the message is
+    rendered and counts against caps) except the delivery; the outcome is ``would_send``."""
+    settings = engine.settings
+    endpoints: dict[str, list[str]] = {
+        str(channel): [e.url for e in config.endpoints]
+        for channel, config in settings.channels.items()
+    }
+    customers = sorted({item.decision.customer_id for item in ready})
+    unit.lock_customers(customers)
+    window = _history_window(engine.policy, [item.rule for item in ready])
+    history = unit.sent_messages(customers, now - window) if window else {}
+    suppressed = unit.suppressed(
+        [
+            (channel, suppression_address(channel, c, facts[c].email))
+            for c in customers
+            for channel in ("email", "push", "sms")
+        ]
+    )
+    signer = engine.link_signer(unit)
+    renderer = engine.rules.renderer
+    messages: list[dict[str, Any]] = []
+    by_customer: dict[int, list[_Ready]] = {}
+    for item in ready:
+        by_customer.setdefault(item.decision.customer_id, []).append(item)
+
+    def finish(item: _Ready, outcome: str, reason: str | None, variant: str | None) -> None:
+        journey = replace(item.advanced, variant=variant or item.advanced.variant)
+        out.journeys[journey.ident] = journey
+        out.transitions.append(replace(item.transition, reason=outcome))
+        out.decisions.append(
+            replace(item.decision, outcome=outcome, reason=reason, variant=variant)
+        )
+
+    for customer_id, items in by_customer.items():
+        customer = facts[customer_id]
+        audience = Audience(
+            customer_id=customer_id,
+            consent=customer.consent,
+            accepts_marketing=None,  # folded into consent["email"] by the processor
+            suppressed=frozenset(
+                channel
+                for channel in ("email", "push", "sms")
+                if (channel, suppression_address(channel, customer_id, customer.email))
+                in suppressed
+            ),
+            email=customer.email,
+            push_tokens=push_tokens(customer.traits),
+            timezone=customer.timezone,
+        )
+        pairs = [(_request(item), item) for item in items]
+        lookup = {id(r): item for r, item in pairs}  # decide_many hands the same objects back
+        decided = decide_many(
+            [r for r, _ in pairs], audience, history.get(customer_id, []), engine.policy, now
+        )
+        for request, verdict in decided:
+            item = lookup[id(request)]
+            if isinstance(verdict, Skip):
+                finish(item, "skipped", verdict.reason, None)
+            elif isinstance(verdict, Holdout):
+                finish(item, "holdout", "in the rule's holdout group", verdict.label)
+            elif isinstance(verdict, Defer):
+                until = verdict.until
+                out.journeys[item.journey.ident] = replace(item.journey, due_at=until)
+                out.transitions.append(
+                    replace(item.transition, kind="deferred", reason=verdict.reason)
+                )
+                out.decisions.append(
+                    replace(
+                        item.decision,
+                        dedupe=f"{item.decision.dedupe}:deferred:{until.isoformat()}",
+                        outcome="deferred",
+                        reason=f"{verdict.reason}; until {until.isoformat()}",
+                    )
+                )
+            elif isinstance(verdict, Send):
+                message = _render(engine, renderer, signer, item, customer, verdict.variant, now)
+                if isinstance(message, str):
+                    finish(item, "failed", message, verdict.variant)
+                    continue
+                messages.append(message)
+                if endpoints.get(request.channel):
+                    finish(item, "sent", None, verdict.variant)
+                else:  # a channel without endpoints is a dry run: all but the POST
+                    finish(item, "would_send", "no endpoint configured (dry run)", verdict.variant)
+                history.setdefault(customer_id, []).append(
+                    SentMessage(rule_id=item.rule.id, channel=request.channel, at=now)
+                )
+    return unit.write_messages(messages, endpoints)
+
+
+def message_id_for(dedupe: str) -> str:
+    """The message (and ``webhook-id``) of a decision: derived from its unique key, so a
+    decision can only ever produce one message id."""
+    return "msg_" + hashlib.sha256(dedupe.encode()).hexdigest()[:32]
+
+
+def _render(
+    engine: Engine,
+    renderer: Renderer,
+    signer: LinkSigner,
+    item: _Ready,
+    customer: CustomerFacts,
+    variant: str | None,
+    now: datetime,
+) -> dict[str, Any] | str:
+    """The message row for a send, or why it could not be rendered."""
+    settings = engine.settings
+    rule = item.rule
+    step = rule.steps[item.decision.step]
+    template = rule.template_for(step, variant)
+    message_id = message_id_for(item.decision.dedupe)
+    context = template_context(
+        customer,
+        item.journey.trigger if item.journey.trigger.type != "schedule" else None,
+        rule_id=rule.id,
+        rule_description=rule.description,
+        variant=variant,
+        now=now,
+        abandoned_after=settings.processing.abandoned_after,
+        hidden_categories=()
+        if "categories" in rule.uses_sensitive
+        else settings.sensitive.categories,
+    )
+    unsubscribe = signer.unsubscribe_url(customer.id, step.channel, message_id)
+    try:
+        rendered = renderer.render(
+            template,
+            step.channel,
+            context,
+            link=lambda url: signer.click_url(message_id, url),
+            unsubscribe_url=unsubscribe,
+        )
+    except RenderError as exc:
+        return f"render: {exc}"
+    body: dict[str, Any] = {
+        "type": "message.send",
+        "id": message_id,
+        "channel": step.channel,
+        "to": {
+            "customer_id": customer.display_id,
+            "email": customer.email,
+            "push_tokens": list(push_tokens(customer.traits)),
+        },
+        "content": rendered.content,
+        "rule": rule.id,
+        "step": step.index + 1,
+        "variant": variant,
+        "unsubscribe_url": unsubscribe,
+        "created_at": now.isoformat(),
+    }
+    if step.channel == "email":
+        body["headers"] = {
+            "List-Unsubscribe": f"<{unsubscribe}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+    return {
+        "id": message_id,
+        "decision_dedupe": item.decision.dedupe,
+        "customer_id": customer.id,
+        "rule_id": rule.id,
+        "step": step.index,
+        "variant": variant,
+        "channel": step.channel,
+        "template": template,
+        "body": orjson.dumps(body).decode(),
+        "links": list(rendered.links),
+        "created_at": now,
+    }
 
 
 def fire_due_until_idle(engine: Engine, max_batches: int | None = None) -> int:

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Outcome, Profile, World
 from engine.journeys import Ident, Journey, JourneyOutcome
+from engine.policy import SentMessage
 
-__all__ = ["CustomerView", "Store", "Unit"]
+__all__ = ["Attempt", "CustomerView", "OutboxItem", "Store", "Unit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,35 @@ class CustomerView:
     recent_events: list[dict[str, Any]] = field(default_factory=list)
     journeys: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxItem:
+    """A claimed delivery: one message to one endpoint."""
+
+    id: int
+    message_id: str
+    endpoint: str
+    channel: str
+    attempts: int
+    body: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    """What became of a claimed delivery: ``attempt`` 0 means it was not posted (endpoint
+    disabled, breaker open); ``new_status`` pending (with ``next_attempt_at``), delivered,
+    failed or dead; ``action`` says why in words."""
+
+    outbox_id: int
+    attempt: int
+    at: datetime
+    status: int | None
+    error: str | None
+    duration_ms: float
+    action: str
+    new_status: str
+    next_attempt_at: datetime | None = None
 
 
 class Unit(Protocol):
@@ -80,6 +110,36 @@ class Unit(Protocol):
 
     def get_state(self, key: str) -> dict[str, Any] | None: ...
 
+    def lock_customers(self, ids: Sequence[int]) -> None: ...
+
+    def sent_messages(
+        self, customer_ids: Sequence[int], since: datetime
+    ) -> dict[int, list[SentMessage]]: ...
+
+    def suppressed(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]: ...
+
+    def suppress(
+        self,
+        rows: Sequence[tuple[str, str, str, int | None, datetime]],
+        lift: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
+
+    def write_messages(
+        self, messages: Sequence[dict[str, Any]], endpoints: dict[str, list[str]]
+    ) -> int: ...
+
+    def claim_outbox(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[OutboxItem]: ...
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None: ...
+
+    def disabled_endpoints(self) -> dict[str, str]: ...
+
+    def set_endpoint_disabled(self, url: str, reason: str | None) -> None: ...
+
+    def redrive(self, outbox_ids: Sequence[int] | None, now: datetime) -> int: ...
+
     def set_state(self, key: str, value: dict[str, Any]) -> None: ...
 
 
@@ -106,5 +166,13 @@ class Store(Protocol):
     def customer_view(self, customer_id: int, *, events: int = 20) -> CustomerView | None: ...
 
     def pending_events(self) -> int: ...
+
+    def message(self, message_id: str) -> dict[str, Any] | None: ...
+
+    def customer_refs(self, customer_id: int) -> dict[str, Any] | None: ...
+
+    def deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    def delivery(self, ref: str) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...

@@ -155,6 +155,90 @@ class SqlStore:
                 ).scalar_one()
             )
 
+    # -- messages (tracking, operator views) ------------------------------------------------
+
+    def message(self, message_id: str) -> dict[str, Any] | None:
+        """A sent message with its customer's identities, or ``None``."""
+        from engine.store.delivery import MESSAGES
+
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(
+                    MESSAGES,
+                    CUSTOMERS.c.user_id,
+                    CUSTOMERS.c.anonymous_id,
+                    CUSTOMERS.c.email,
+                    CUSTOMERS.c.merged_into,
+                )
+                .join(CUSTOMERS, CUSTOMERS.c.id == MESSAGES.c.customer_id)
+                .where(MESSAGES.c.id == message_id)
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    def deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Outbox rows, newest change first (``status``: pending, delivered, failed, dead)."""
+        from engine.store.delivery import MESSAGES, OUTBOX
+
+        query = (
+            sa.select(
+                OUTBOX,
+                MESSAGES.c.rule_id,
+                MESSAGES.c.step,
+                MESSAGES.c.customer_id,
+                MESSAGES.c.template,
+            )
+            .join(MESSAGES, MESSAGES.c.id == OUTBOX.c.message_id)
+            .order_by(OUTBOX.c.updated_at.desc(), OUTBOX.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(OUTBOX.c.status == status)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def delivery(self, ref: str) -> dict[str, Any] | None:
+        """One outbox row (by id, or the first of a message id) with its message and attempts."""
+        from engine.store.delivery import ATTEMPTS, MESSAGES, OUTBOX
+
+        with self.read() as conn:
+            where = OUTBOX.c.id == int(ref) if ref.isdigit() else OUTBOX.c.message_id == ref.strip()
+            row = conn.execute(
+                sa.select(OUTBOX).where(where).order_by(OUTBOX.c.id).limit(1)
+            ).first()
+            if row is None:
+                return None
+            message = conn.execute(
+                sa.select(MESSAGES).where(MESSAGES.c.id == row.message_id)
+            ).first()
+            attempts = conn.execute(
+                sa.select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == row.id).order_by(ATTEMPTS.c.id)
+            )
+            return {
+                **dict(row._mapping),
+                "message": dict(message._mapping) if message is not None else None,
+                "attempts": [dict(a._mapping) for a in attempts],
+            }
+
+    def customer_refs(self, customer_id: int) -> dict[str, Any] | None:
+        """user_id, anonymous_id and email of a customer (following merges)."""
+        with self.read() as conn:
+            for _ in range(8):
+                row = conn.execute(
+                    sa.select(
+                        CUSTOMERS.c.id,
+                        CUSTOMERS.c.user_id,
+                        CUSTOMERS.c.anonymous_id,
+                        CUSTOMERS.c.email,
+                        CUSTOMERS.c.merged_into,
+                    ).where(CUSTOMERS.c.id == customer_id)
+                ).first()
+                if row is None:
+                    return None
+                if row.merged_into is None:
+                    return dict(row._mapping)
+                customer_id = int(row.merged_into)
+        return None
+
     # -- operator views -------------------------------------------------------------------
 
     def find_customer(self, ref: str) -> int | None:

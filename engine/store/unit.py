@@ -49,6 +49,7 @@ from engine.models import (
     UTCDateTime,
     table,
 )
+from engine.store.delivery import DeliveryMixin
 
 __all__ = ["SqlUnit", "bulk_insert", "bulk_update", "dialect_insert", "load_profiles"]
 
@@ -249,7 +250,7 @@ def load_profiles(conn: Connection, ids: Sequence[int]) -> dict[int, Profile]:
     return profiles
 
 
-class SqlUnit:
+class SqlUnit(DeliveryMixin):
     """Store operations bound to one open transaction."""
 
     def __init__(self, conn: Connection, *, dialect: str, clock: Clock) -> None:

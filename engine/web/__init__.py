@@ -12,6 +12,7 @@ from engine.service import Engine
 from engine.web.api import api_router
 from engine.web.errors import install_error_handlers
 from engine.web.ingest import install_ingest
+from engine.web.tracking import install_tracking
 from engine.web.writer import EventWriter
 
 __all__ = ["create_app"]
@@ -37,5 +38,6 @@ def create_app(engine: Engine) -> FastAPI:
     )
     install_error_handlers(app)
     install_ingest(app, engine, writer)
+    install_tracking(app, engine, writer)
     app.include_router(api_router(engine))
     return app

@@ -1,0 +1,270 @@
+"""The dispatcher: the outbox's I/O loop around :mod:`engine.dispatch`.
+
+It claims due outbox rows in batches (each claim is a lease: a dispatcher that dies mid-batch
+leaves rows that come back when the lease ends, to be posted again with the *same*
+``webhook-id``), POSTs them concurrently through one pooled :class:`~engine.dispatch.Poster`,
+signs every attempt (Standard Webhooks), turns each result into the next action with the pure
+:func:`~engine.dispatch.next_action` and records the results in batches.
+
+At-least-once: a crash between "posted" and "recorded" re-sends that message once its lease
+ends, under the same ``webhook-id``, so receivers can drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from engine.dispatch import (
+    AttemptResult,
+    Breaker,
+    Delivered,
+    Disable,
+    GiveUp,
+    Poster,
+    Retry,
+    next_action,
+    sign_headers,
+)
+from engine.service import Engine
+from engine.store.base import Attempt, OutboxItem
+from engine.store.delivery import DEAD, DELIVERED, FAILED, PENDING
+
+__all__ = ["Dispatcher", "DispatcherThread"]
+
+log = logging.getLogger(__name__)
+
+_FLUSH_SECONDS = 0.05  # record finished attempts at least this often while busy
+
+
+def _ok_for_breaker(result: AttemptResult) -> bool:
+    """The endpoint is healthy if it answered with anything but 408, 429 or a 5xx."""
+    return result.status is not None and result.status not in (408, 429) and result.status < 500
+
+
+class Dispatcher:
+    """Delivers the outbox of ``engine``; one per process."""
+
+    def __init__(self, engine: Engine, *, poster: Poster | None = None) -> None:
+        self.engine = engine
+        settings = engine.settings.delivery
+        self.batch_size = settings.batch_size
+        self.concurrency = settings.concurrency
+        self.poster = poster or Poster(concurrency=settings.concurrency)
+        self.breakers: dict[str, Breaker] = {}
+        self._secrets = {
+            e.url: (e.secret.get_secret_value(), e.timeout.total_seconds())
+            for channel in engine.settings.channels.values()
+            for e in channel.endpoints
+        }
+        self._disabled: dict[str, str] = {}
+        self._disabled_at = 0.0
+        self._to_disable: dict[str, str] = {}
+        self.delivered = 0
+
+    # -- store steps (run in a worker thread) ---------------------------------------------
+
+    def _claim(self, limit: int) -> list[OutboxItem]:
+        now = self.engine.clock.now()
+        lease = now + self.engine.settings.delivery.lease
+        with self.engine.store.unit() as unit:
+            if time.monotonic() - self._disabled_at > 1.0:
+                self._disabled = unit.disabled_endpoints()
+                self._disabled_at = time.monotonic()
+            return unit.claim_outbox(now, limit, lease)
+
+    def _record(self, attempts: Sequence[Attempt]) -> None:
+        disable, self._to_disable = self._to_disable, {}
+        with self.engine.store.unit() as unit:
+            unit.record_attempts(attempts)
+            for url, reason in disable.items():
+                unit.set_endpoint_disabled(url, reason)
+        if disable:
+            self._disabled.update(disable)
+        self.delivered += sum(1 for a in attempts if a.new_status == DELIVERED)
+
+    # -- one delivery ------------------------------------------------------------------------
+
+    def _skip(self, item: OutboxItem) -> Attempt | None:
+        """An attempt that is not made: endpoint gone, disabled, or its breaker open."""
+        now = self.engine.clock.now()
+        url = item.endpoint
+
+        def held(new_status: str, action: str, at: datetime | None = None) -> Attempt:
+            return Attempt(
+                outbox_id=item.id,
+                attempt=0,
+                at=now,
+                status=None,
+                error=None,
+                duration_ms=0.0,
+                action=action,
+                new_status=new_status,
+                next_attempt_at=at,
+            )
+
+        if url not in self._secrets:
+            return held(DEAD, "endpoint no longer in config.yaml")
+        if url in self._disabled:
+            return held(DEAD, f"endpoint disabled: {self._disabled[url]}")
+        breaker = self.breakers.get(url, Breaker())
+        cooldown = self.engine.settings.delivery.breaker_cooldown
+        if not breaker.allows(now, cooldown):
+            opened = breaker.opened_at or breaker.trial_at or now
+            return held(PENDING, "circuit open", max(opened + cooldown, now))
+        self.breakers[url] = breaker.trial(now)
+        return None
+
+    async def _deliver(self, item: OutboxItem) -> Attempt:
+        skipped = self._skip(item)
+        if skipped is not None:
+            return skipped
+        secret, timeout = self._secrets[item.endpoint]
+        body = item.body.encode()
+        sent_at = self.engine.clock.now()
+        headers = sign_headers(secret, item.message_id, sent_at, body)
+        result = await self.poster.post(item.endpoint, body, headers, timeout=timeout)
+        now = self.engine.clock.now()
+        attempt = item.attempts + 1
+        action = next_action(attempt, result, now)
+        settings = self.engine.settings.delivery
+        self.breakers[item.endpoint] = self.breakers.get(item.endpoint, Breaker()).record(
+            _ok_for_breaker(result),
+            now,
+            threshold=settings.breaker_threshold,
+            cooldown=settings.breaker_cooldown,
+        )
+        new_status, at, words = PENDING, None, ""
+        if isinstance(action, Delivered):
+            new_status, words = DELIVERED, "delivered"
+        elif isinstance(action, Retry):
+            new_status, at, words = PENDING, action.at, f"retry at {action.at.isoformat()}"
+        elif isinstance(action, GiveUp):
+            new_status = DEAD if action.dead else FAILED
+            words = action.reason
+        elif isinstance(action, Disable):
+            new_status, words = DEAD, action.reason
+            self._to_disable[item.endpoint] = action.reason
+            log.warning("dispatcher: endpoint %s disabled: %s", item.endpoint, action.reason)
+        return Attempt(
+            outbox_id=item.id,
+            attempt=attempt,
+            at=sent_at,
+            status=result.status,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            action=words,
+            new_status=new_status,
+            next_attempt_at=at,
+        )
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch, deliver it, record it; returns how many rows were handled."""
+        items = await asyncio.to_thread(self._claim, self.batch_size)
+        if not items:
+            return 0
+        attempts = await asyncio.gather(*(self._deliver(i) for i in items))
+        await asyncio.to_thread(self._record, attempts)
+        return len(items)
+
+    async def run(self, stop: asyncio.Event, wake: threading.Event | None = None) -> None:
+        """Deliver until ``stop`` is set: keeps up to twice ``concurrency`` deliveries in
+        flight, claims more as they finish, records finished ones in batches. On stop, the
+        deliveries in flight are finished and recorded (nothing is left half-done)."""
+        wake = wake or self.engine.outbox_signal
+        interval = self.engine.settings.delivery.interval.total_seconds()
+        inflight: set[asyncio.Task[Attempt]] = set()
+        done: list[Attempt] = []
+        flushed = time.monotonic()
+        try:
+            while not stop.is_set():
+                claimed = 0
+                room = self.concurrency * 2 - len(inflight)
+                if room >= min(self.batch_size, self.concurrency):
+                    wake.clear()
+                    items = await asyncio.to_thread(self._claim, min(room, self.batch_size))
+                    claimed = len(items)
+                    for item in items:
+                        inflight.add(asyncio.create_task(self._deliver(item)))
+                if inflight:
+                    finished, _ = await asyncio.wait(
+                        inflight, timeout=_FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in finished:
+                        inflight.discard(task)
+                        done.append(task.result())
+                if done and (
+                    len(done) >= self.batch_size
+                    or not inflight
+                    or time.monotonic() - flushed >= _FLUSH_SECONDS
+                ):
+                    await asyncio.to_thread(self._record, done)
+                    done, flushed = [], time.monotonic()
+                if not claimed and not inflight:
+                    await _wait_either(stop, wake, interval)
+        finally:
+            if inflight:
+                results = await asyncio.gather(*inflight, return_exceptions=True)
+                done += [r for r in results if isinstance(r, Attempt)]
+            if done:
+                await asyncio.to_thread(self._record, done)
+            await self.poster.aclose()
+
+
+async def _wait_either(stop: asyncio.Event, wake: threading.Event, seconds: float) -> None:
+    """Sleep up to ``seconds``, waking early on ``stop`` or on ``wake`` (set by another
+    thread when new outbox rows commit)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and not wake.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=min(left, 0.01))
+        except TimeoutError:
+            continue
+
+
+class DispatcherThread:
+    """Runs a :class:`Dispatcher` on its own thread and event loop (``nudge run``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="nudge-dispatcher", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            dispatcher = Dispatcher(self.engine)
+            while not self._stop.is_set():
+                try:
+                    await dispatcher.run(self._stop)
+                except Exception:
+                    log.exception("dispatcher failed; restarting in 1 s")
+                    dispatcher = Dispatcher(self.engine)
+                    await asyncio.sleep(1)
+
+        asyncio.run(main())
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the deliveries in flight, record them, and stop."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,301 @@
+"""The delivery half of a unit of work: sent-message history for caps, suppressions, the
+messages and their outbox rows, claims with a lease, attempt results, dead letters.
+
+Mixed into :class:`engine.store.unit.SqlUnit`; every method runs inside its transaction.
+Dialect differences (``FOR UPDATE`` locks, ``RETURNING`` claims) stay in this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from engine.models import (
+    Customer,
+    DeliveryAttemptRow,
+    MessageRow,
+    OutboxRow,
+    StateEntry,
+    SuppressionRow,
+    table,
+)
+from engine.policy import SentMessage
+from engine.store.base import Attempt, OutboxItem
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from engine.clock import Clock
+
+__all__ = ["DEAD", "DELIVERED", "FAILED", "PENDING", "DeliveryMixin"]
+
+MESSAGES = table(MessageRow)
+OUTBOX = table(OutboxRow)
+ATTEMPTS = table(DeliveryAttemptRow)
+SUPPRESSIONS = table(SuppressionRow)
+CUSTOMERS = table(Customer)
+STATE = table(StateEntry)
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+DEAD = "dead"
+_ENDPOINT = "endpoint:"  # engine_state key prefix: a disabled endpoint
+
+
+class DeliveryMixin:
+    conn: Connection
+    dialect: str
+    clock: Clock
+
+    _insert: Any  # provided by SqlUnit
+
+    # -- policy inputs ------------------------------------------------------------------------
+
+    def lock_customers(self, ids: Sequence[int]) -> None:
+        """Serialise decisions per customer, so a cap is checked and taken atomically.
+
+        SQLite: the unit already holds the database's single writer lock (BEGIN IMMEDIATE).
+        PostgreSQL: row locks on the customers, in id order (no deadlocks between workers).
+        """
+        if self.dialect == "postgresql" and ids:
+            self.conn.execute(
+                sa.select(CUSTOMERS.c.id)
+                .where(CUSTOMERS.c.id.in_(sorted(set(ids))))
+                .order_by(CUSTOMERS.c.id)
+                .with_for_update()
+            ).all()
+
+    def sent_messages(
+        self, customer_ids: Sequence[int], since: datetime
+    ) -> dict[int, list[SentMessage]]:
+        """Messages sent to these customers after ``since`` (what caps count)."""
+        out: dict[int, list[SentMessage]] = {}
+        if not customer_ids:
+            return out
+        rows = self.conn.execute(
+            sa.select(MESSAGES.c.customer_id, MESSAGES.c.rule_id, MESSAGES.c.channel)
+            .add_columns(MESSAGES.c.created_at)
+            .where(
+                MESSAGES.c.customer_id.in_(sorted(set(customer_ids))),
+                MESSAGES.c.created_at > since,
+            )
+        )
+        for r in rows:
+            out.setdefault(r.customer_id, []).append(
+                SentMessage(rule_id=r.rule_id, channel=r.channel, at=r.created_at)
+            )
+        return out
+
+    def suppressed(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(channel, address) → reason, for the suppressed ones among ``addresses``."""
+        if not addresses:
+            return {}
+        wanted = {(c, a.strip().lower()) for c, a in addresses}
+        rows = self.conn.execute(
+            sa.select(SUPPRESSIONS.c.channel, SUPPRESSIONS.c.address, SUPPRESSIONS.c.reason).where(
+                SUPPRESSIONS.c.address.in_(sorted({a for _, a in wanted}))
+            )
+        )
+        return {(r.channel, r.address): r.reason for r in rows if (r.channel, r.address) in wanted}
+
+    def suppress(
+        self,
+        rows: Sequence[tuple[str, str, str, int | None, datetime]],
+        lift: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Add suppressions (channel, address, reason, customer id, at); an existing one keeps
+        its first reason. ``lift`` removes *unsubscribe* suppressions (an explicit opt-in)."""
+        for channel, address in lift:
+            self.conn.execute(
+                SUPPRESSIONS.delete().where(
+                    SUPPRESSIONS.c.channel == channel,
+                    SUPPRESSIONS.c.address == address.strip().lower(),
+                    SUPPRESSIONS.c.reason == "unsubscribed",
+                )
+            )
+        if rows:
+            stmt = self._insert(SUPPRESSIONS).on_conflict_do_nothing(
+                index_elements=["channel", "address"]
+            )
+            self.conn.execute(
+                stmt,
+                [
+                    {
+                        "channel": c,
+                        "address": a.strip().lower(),
+                        "reason": r,
+                        "customer_id": cid,
+                        "at": at,
+                    }
+                    for c, a, r, cid, at in rows
+                ],
+            )
+
+    # -- messages and outbox --------------------------------------------------------------------
+
+    def write_messages(
+        self, messages: Sequence[dict[str, Any]], endpoints: dict[str, list[str]]
+    ) -> int:
+        """Insert messages and one pending outbox row per endpoint of the message's channel.
+        A message already written (same id) is left alone. Returns messages inserted."""
+        if not messages:
+            return 0
+        now = self.clock.now()
+        stmt = self._insert(MESSAGES).on_conflict_do_nothing(index_elements=["id"])
+        inserted = 0
+        fresh: list[dict[str, Any]] = []
+        for message in messages:
+            if self.conn.execute(stmt, [message]).rowcount:
+                inserted += 1
+                fresh.append(message)
+        outbox = [
+            {
+                "message_id": m["id"],
+                "endpoint": url,
+                "channel": m["channel"],
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for m in fresh
+            for url in endpoints.get(m["channel"], [])
+        ]
+        if outbox:
+            ostmt = self._insert(OUTBOX).on_conflict_do_nothing(
+                index_elements=["message_id", "endpoint"]
+            )
+            self.conn.execute(ostmt, outbox)
+        return inserted
+
+    def claim_outbox(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxItem]:
+        """Due pending deliveries, leased until ``lease_until`` (a crashed dispatcher's claims
+        come back when the lease ends; the retry carries the same message id)."""
+        due = (
+            sa.select(OUTBOX.c.id)
+            .where(
+                OUTBOX.c.status == PENDING,
+                OUTBOX.c.next_attempt_at <= now,
+                sa.or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until <= now),
+            )
+            .order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = [r[0] for r in self.conn.execute(due)]
+        if not ids:
+            return []
+        self.conn.execute(
+            OUTBOX.update().where(OUTBOX.c.id.in_(ids)).values(lease_until=lease_until)
+        )
+        rows = self.conn.execute(
+            sa.select(
+                OUTBOX.c.id,
+                OUTBOX.c.message_id,
+                OUTBOX.c.endpoint,
+                OUTBOX.c.channel,
+                OUTBOX.c.attempts,
+                MESSAGES.c.body,
+            )
+            .join(MESSAGES, MESSAGES.c.id == OUTBOX.c.message_id)
+            .where(OUTBOX.c.id.in_(ids))
+            .order_by(OUTBOX.c.next_attempt_at, OUTBOX.c.id)
+        )
+        return [
+            OutboxItem(
+                id=r.id,
+                message_id=r.message_id,
+                endpoint=r.endpoint,
+                channel=r.channel,
+                attempts=r.attempts,
+                body=r.body,
+            )
+            for r in rows
+        ]
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Write each attempt's result and move its outbox row on (delivered, retry at,
+        failed, dead); the lease is released."""
+        if not attempts:
+            return
+        now = self.clock.now()
+        made = [a for a in attempts if a.attempt > 0]
+        if made:
+            self.conn.execute(
+                sa.insert(ATTEMPTS),
+                [
+                    {
+                        "outbox_id": a.outbox_id,
+                        "attempt": a.attempt,
+                        "at": a.at,
+                        "status": a.status,
+                        "error": a.error,
+                        "duration_ms": a.duration_ms,
+                        "action": a.action[:200],
+                    }
+                    for a in made
+                ],
+            )
+        for a in attempts:
+            values: dict[str, Any] = {
+                "status": a.new_status,
+                "lease_until": None,
+                "updated_at": now,
+                "last_status": a.status,
+                "last_error": a.error or (a.action if a.new_status != DELIVERED else None),
+            }
+            if a.attempt > 0:
+                values["attempts"] = a.attempt
+            if a.next_attempt_at is not None:
+                values["next_attempt_at"] = a.next_attempt_at
+            if a.new_status == DELIVERED:
+                values["delivered_at"] = a.at
+            self.conn.execute(OUTBOX.update().where(OUTBOX.c.id == a.outbox_id).values(**values))
+
+    def disabled_endpoints(self) -> dict[str, str]:
+        """Endpoint URL → why it is disabled (a 410 Gone, or an operator)."""
+        rows = self.conn.execute(
+            sa.select(STATE.c.key, STATE.c.value).where(STATE.c.key.like(_ENDPOINT + "%"))
+        )
+        return {
+            r.key[len(_ENDPOINT) :]: str((r.value or {}).get("reason", "disabled"))
+            for r in rows
+            if (r.value or {}).get("disabled")
+        }
+
+    def set_endpoint_disabled(self, url: str, reason: str | None) -> None:
+        """Disable an endpoint (``reason``) or enable it again (``None``)."""
+        key = _ENDPOINT + url
+        value = {
+            "disabled": reason is not None,
+            "reason": reason,
+            "at": self.clock.now().isoformat(),
+        }
+        stmt = self._insert(STATE)
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+            ),
+            [{"key": key, "value": value, "updated_at": self.clock.now()}],
+        )
+
+    def redrive(self, outbox_ids: Sequence[int] | None, now: datetime) -> int:
+        """Put dead / failed deliveries (these, or all dead ones) back in the queue, due now,
+        with a fresh attempt budget. Returns how many."""
+        query = OUTBOX.update().values(
+            status=PENDING, next_attempt_at=now, lease_until=None, attempts=0, updated_at=now
+        )
+        if outbox_ids is None:
+            query = query.where(OUTBOX.c.status == DEAD)
+        else:
+            query = query.where(
+                OUTBOX.c.id.in_(list(outbox_ids)), OUTBOX.c.status.in_([DEAD, FAILED])
+            )
+        return int(self.conn.execute(query).rowcount or 0)
