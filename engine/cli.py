@@ -57,7 +57,7 @@ def _logging(settings: Settings) -> None:
     )
     # Per-tick and per-migration chatter stays out of the operator's log unless debugging.
     quiet = logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
-    for name in ("apscheduler", "alembic"):
+    for name in ("apscheduler", "alembic", "httpx"):
         logging.getLogger(name).setLevel(quiet)
 
 

@@ -396,10 +396,13 @@ def generate(*, events: int, days: int, seed: int, now: datetime) -> DemoData:
 
 
 def live_calls(rng: random.Random, *, seed: int, index: int, now: datetime) -> list[dict[str, Any]]:
-    """One visit that ends by ``now``: a browse, a new cart, an abandoned checkout or an order."""
+    """One visit of the last three hours: a browse, a new cart, an abandoned checkout or an
+    order. Three hours back (inside the engine's trigger lag), so the sample rules' first
+    waits (1 h push, 2 h browse reminder) are already due and messages go out while you
+    watch — and the caps and quiet hours visibly defer or skip some."""
     sim = _Sim(rng, seed=seed, index=index, persona="live")
-    when = sim.browse(now - timedelta(minutes=15), rng.randint(1, 3))
-    kind = rng.choices(("browse", "cart", "checkout", "order"), weights=(3, 2, 3, 3))[0]
+    when = sim.browse(now - timedelta(hours=3), rng.randint(1, 3))
+    kind = rng.choices(("browse", "cart", "checkout", "order"), weights=(2, 2, 4, 3))[0]
     if kind in ("checkout", "order"):
         when = sim.identify(when)
     if kind != "browse":
