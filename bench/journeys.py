@@ -189,7 +189,11 @@ def measure_due(root: Path, count: int) -> dict[str, Any]:
     customers = min(count, 20_000)
     rows = [
         normalize_segment(
-            {"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@example.com"}},
+            {
+                "type": "identify",
+                "userId": f"u{i}",
+                "traits": {"email": f"u{i}@example.com", "push_tokens": [f"tok-{i}"]},
+            },
             call_type=None,
             source="bench",
             received_at=NOW,

@@ -8,9 +8,9 @@ the runs), so there is exactly one row per (rule, customer, key, instance).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import rule_engine
@@ -30,6 +30,7 @@ __all__ = [
     "JourneyOutcome",
     "Transition",
     "candidates",
+    "evolve",
     "fire_step",
     "latest_occurrence",
     "on_event",
@@ -110,6 +111,17 @@ class JourneyOutcome:
         self.transitions += other.transitions
         self.decisions += other.decisions
         self.stale += other.stale
+
+
+_V = TypeVar("_V")
+
+
+def evolve(value: _V, **changes: Any) -> _V:
+    """``dataclasses.replace`` for the frozen, ``__post_init__``-free values of this module,
+    without its per-call field introspection (due steps make several per step)."""
+    new = object.__new__(type(value))
+    new.__dict__.update(value.__dict__, **changes)
+    return new
 
 
 def _check(expr: Expression | None, values: Any) -> tuple[bool, str | None]:
@@ -295,7 +307,7 @@ def on_event(
                     and (key is None or journey.key == key)
                     and journey.trigger.timestamp <= event.timestamp
                 ):
-                    ended = replace(
+                    ended = evolve(
                         journey,
                         status=EXITED,
                         due_at=None,
@@ -410,7 +422,7 @@ def fire_step(
             if rule is None
             else ("rule disabled" if not rule.enabled else "no such step")
         )
-        ended = replace(journey, status=CANCELLED, due_at=None, ended_at=now, end_reason=cause)
+        ended = evolve(journey, status=CANCELLED, due_at=None, ended_at=now, end_reason=cause)
         return (
             ended,
             None,
@@ -448,7 +460,7 @@ def fire_step(
     passes, reason = _check(rule.condition, values)
     if not passes:
         why = _why(rule.condition, reason, "is no longer true")
-        ended = replace(journey, status=EXITED, due_at=None, ended_at=now, end_reason=why)
+        ended = evolve(journey, status=EXITED, due_at=None, ended_at=now, end_reason=why)
         return (
             ended,
             decision("skipped", f"condition: {why}"),
@@ -488,7 +500,7 @@ def advance(rule: Rule, journey: Journey, now: datetime) -> Journey:
     """The journey after its current step: the next step's due time, or completed."""
     following = journey.next_step + 1
     if following >= len(rule.steps):
-        return replace(
+        return evolve(
             journey,
             next_step=following,
             status=COMPLETED,
@@ -496,7 +508,7 @@ def advance(rule: Rule, journey: Journey, now: datetime) -> Journey:
             ended_at=now,
             end_reason="all steps done",
         )
-    return replace(
+    return evolve(
         journey, next_step=following, due_at=_due(rule, journey.trigger.timestamp, following)
     )
 

@@ -343,12 +343,8 @@ class Renderer:
         self._found: dict[Problem, None] = {}  # in order, without repeats
 
     def _problem(self, name: str, line: int, message: str) -> Problem:
-        path = self.templates_dir / name
-        try:
-            shown = str(path.absolute().relative_to(Path.cwd()))
-        except ValueError:
-            shown = str(path)
-        return Problem(file=shown, line=line, column=1, message=message)
+        # Shown like the rule files' problems: the path as the folder was given.
+        return Problem(file=str(self.templates_dir / name), line=line, column=1, message=message)
 
     def load(self) -> list[Problem]:
         """Compile every ``*.j2`` once; the problems of the files that do not load."""
@@ -418,7 +414,15 @@ class Renderer:
             if not blocks & set(group):
                 ok = False
                 needed = " or ".join(f"{{% block {b} %}}" for b in group)
-                self._found[self._problem(name, 1, f"a {channel} template needs {needed}")] = None
+                self._found[
+                    self._problem(
+                        name,
+                        1,
+                        f"an {channel} template needs {needed}"
+                        if channel == "email"
+                        else f"a {channel} template needs {needed}",
+                    )
+                ] = None
         if ok:
             skip = set(self._plain.globals) | _NOT_DATA | {n for t in trees for n in _defined(t)}
             paths = {p for t in trees for p in _reads(t, meta.find_undeclared_variables(t) - skip)}

@@ -6,11 +6,12 @@ at any point leaves either the whole step or none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import secrets
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ from engine.journeys import (
     Transition,
     advance,
     candidates,
+    evolve,
     fire_step,
     latest_occurrence,
     on_event,
@@ -110,7 +112,7 @@ class RuleBook:
                 renderer=renderer,
                 sensitive=self._settings.sensitive,
             )
-            rules = replace(rules, problems=(*template_problems, *rules.problems))
+            rules = dataclasses.replace(rules, problems=(*template_problems, *rules.problems))
             for problem in rules.problems:
                 log.log(
                     logging.ERROR if problem.severity == "error" else logging.WARNING,
@@ -403,7 +405,7 @@ def fire_due_once(engine: Engine, limit: int | None = None) -> int:
             customer = facts.get(journey.customer_id)
             if rule is None and rules.errors:
                 # Its file may be one that failed to load: wait for a fix, do not cancel.
-                out.journeys[journey.ident] = replace(journey, due_at=now + _RULE_RETRY)
+                out.journeys[journey.ident] = evolve(journey, due_at=now + _RULE_RETRY)
                 continue
             late = None
             if rule is not None and rule.enabled and journey.next_step < len(rule.steps):
@@ -508,12 +510,10 @@ def _decide(
         by_customer.setdefault(item.decision.customer_id, []).append(item)
 
     def finish(item: _Ready, outcome: str, reason: str | None, variant: str | None) -> None:
-        journey = replace(item.advanced, variant=variant or item.advanced.variant)
+        journey = evolve(item.advanced, variant=variant or item.advanced.variant)
         out.journeys[journey.ident] = journey
-        out.transitions.append(replace(item.transition, reason=outcome))
-        out.decisions.append(
-            replace(item.decision, outcome=outcome, reason=reason, variant=variant)
-        )
+        out.transitions.append(evolve(item.transition, reason=outcome))
+        out.decisions.append(evolve(item.decision, outcome=outcome, reason=reason, variant=variant))
 
     for customer_id, items in by_customer.items():
         customer = facts[customer_id]
@@ -544,12 +544,12 @@ def _decide(
                 finish(item, "holdout", "in the rule's holdout group", verdict.label)
             elif isinstance(verdict, Defer):
                 until = verdict.until
-                out.journeys[item.journey.ident] = replace(item.journey, due_at=until)
+                out.journeys[item.journey.ident] = evolve(item.journey, due_at=until)
                 out.transitions.append(
-                    replace(item.transition, kind="deferred", reason=verdict.reason)
+                    evolve(item.transition, kind="deferred", reason=verdict.reason)
                 )
                 out.decisions.append(
-                    replace(
+                    evolve(
                         item.decision,
                         dedupe=f"{item.decision.dedupe}:deferred:{until.isoformat()}",
                         outcome="deferred",

@@ -144,14 +144,24 @@ class DeliveryMixin:
         A message already written (same id) is left alone. Returns messages inserted."""
         if not messages:
             return 0
+        from engine.store.unit import bulk_insert  # unit.py mixes this class in
+
         now = self.clock.now()
-        stmt = self._insert(MESSAGES).on_conflict_do_nothing(index_elements=["id"])
-        inserted = 0
+        existing: set[str] = set()
+        ids = [m["id"] for m in messages]
+        for start in range(0, len(ids), 500):
+            existing.update(
+                r[0]
+                for r in self.conn.execute(
+                    sa.select(MESSAGES.c.id).where(MESSAGES.c.id.in_(ids[start : start + 500]))
+                )
+            )
         fresh: list[dict[str, Any]] = []
         for message in messages:
-            if self.conn.execute(stmt, [message]).rowcount:
-                inserted += 1
+            if message["id"] not in existing:
+                existing.add(message["id"])
                 fresh.append(message)
+        bulk_insert(self.conn, self.dialect, MESSAGES, fresh)
         outbox = [
             {
                 "message_id": m["id"],
@@ -166,12 +176,10 @@ class DeliveryMixin:
             for m in fresh
             for url in endpoints.get(m["channel"], [])
         ]
-        if outbox:
-            ostmt = self._insert(OUTBOX).on_conflict_do_nothing(
-                index_elements=["message_id", "endpoint"]
-            )
-            self.conn.execute(ostmt, outbox)
-        return inserted
+        bulk_insert(
+            self.conn, self.dialect, OUTBOX, outbox, ignore_conflicts=["message_id", "endpoint"]
+        )
+        return len(fresh)
 
     def claim_outbox(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxItem]:
         """Due pending deliveries, leased until ``lease_until`` (a crashed dispatcher's claims

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from engine.customers import (
     World,
     contact_email,
 )
-from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome
+from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome, evolve
 from engine.models import (
     EVENT_DONE,
     EVENT_FAILED,
@@ -606,7 +606,7 @@ class SqlUnit(DeliveryMixin):
                 props = (r.payload or {}).get("properties")
                 found[r.seq] = props if isinstance(props, dict) else {}
         return [
-            replace(j, trigger=replace(j.trigger, properties=found.get(j.trigger.seq, {})))
+            evolve(j, trigger=evolve(j.trigger, properties=found.get(j.trigger.seq, {})))
             if j.trigger.seq is not None
             else j
             for j in journeys

@@ -32,13 +32,20 @@ PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE_RULES = PROJECT / "rules"
 SAMPLE_TEMPLATES = PROJECT / "templates"
 
-#: A minimal template per channel (rules only check that the file exists at load).
+#: A minimal valid template per channel: the blocks the channel needs, rendered at send time.
 TEMPLATE_TEXT = {
     "email": "{% block subject %}Hi{% endblock %}{% block html %}<p>Hi</p>{% endblock %}"
     "{% block text %}Hi{% endblock %}",
     "push": "{% block title %}Hi{% endblock %}{% block body %}Hi{% endblock %}"
     "{% block url %}/{% endblock %}",
 }
+
+
+def reachable(name: str) -> dict[str, Any]:
+    """Traits that make a customer reachable on every channel a rule can use: an ``email``
+    and a push token (the policy skips a send with no address: "no email address", "no push
+    token")."""
+    return {"email": f"{name}@example.com", "push_tokens": [f"tok-{name}"]}
 
 
 def nudge_command(*args: str) -> list[str]:
@@ -149,12 +156,17 @@ class Sim(Database):
         user: str | None = None,
         anon: str | None = None,
         at: datetime | None = None,
+        traits: dict[str, Any] | None = None,
     ) -> None:
+        """A ``track`` call; ``traits`` go in its ``context.traits`` (applied to the profile,
+        as Segment's libraries send an identified user's traits with each event)."""
         call: dict[str, Any] = {"type": "track", "event": event, "properties": properties or {}}
         if user:
             call["userId"] = user
         if anon:
             call["anonymousId"] = anon
+        if traits:
+            call["context"] = {"traits": traits}
         self.send(call, at=at)
 
     def identify(

@@ -1,6 +1,10 @@
 """The sample abandoned-checkout rule end to end: events into a real SQLite file, the real
 scheduler's jobs run on a simulated clock, outcomes read from the customer profile and the
-``decisions`` table (push at +1h, email at +24h, exits, restarts, lateness, merges)."""
+``decisions`` table (push at +1h, email at +24h, exits, restarts, lateness, merges).
+
+Customers are reachable on both channels (an email and a push token, sent as the checkout's
+``context.traits``), and no channel has endpoints in these settings, so a step that passes the
+policy is decided ``would_send`` (a dry run: rendered and recorded, not posted)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from journey_fixtures import (
     Sim,
     copy_sample,
     make_sim_fixture,  # noqa: F401
+    reachable,
 )
 from nudge_testing import Nudge
 
@@ -47,10 +52,12 @@ def checkout(make_sim: Callable[..., Sim], tmp_path: Path) -> Callable[..., Sim]
 
 
 def started(sim: Sim, user: str, cart: str | None = "cart-1", value: float = 50, **kw: Any) -> None:
+    """A checkout by ``user``, whose email and push token come with it (``context.traits``);
+    an anonymous checkout (``user=""``) carries none."""
     props: dict[str, Any] = {"value": value, "products": [{"product_id": "sku-1"}]}
     if cart is not None:
         props["cart_id"] = cart
-    sim.track("Checkout Started", props, user=user, **kw)
+    sim.track("Checkout Started", props, user=user, traits=reachable(user) if user else None, **kw)
 
 
 def ordered(sim: Sim, user: str, cart: str, **kw: Any) -> None:
@@ -342,7 +349,9 @@ def test_identity_merge_moves_the_journey_to_the_user_and_it_fires_once(
     checkout: Callable[..., Sim],
 ) -> None:
     sim = checkout()
-    sim.identify({"email": "max@example.com"}, user="max")  # known from another device
+    # Known from another device, with an email and a push token; the anonymous checkout
+    # carries neither, so the sends below can only use the merged user's addresses.
+    sim.identify(reachable("max"), user="max")
     sim.tick()
     started(sim, "", anon="anon-9", cart="cart-9")
     sim.tick()
@@ -384,7 +393,13 @@ def test_checkout_sent_over_http_is_reminded_and_an_order_over_http_ends_it(
     t0 = nudge.clock.now()
 
     def track(message_id: str, user: str, event: str, props: dict[str, Any]) -> None:
-        body = {"messageId": message_id, "userId": user, "event": event, "properties": props}
+        body = {
+            "messageId": message_id,
+            "userId": user,
+            "event": event,
+            "properties": props,
+            "context": {"traits": reachable(user)},
+        }
         response = nudge.post("/v1/track", body)
         assert response.status_code == 200, response.text
 

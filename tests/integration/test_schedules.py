@@ -1,6 +1,9 @@
 """Schedule-triggered rules on a simulated clock over a real SQLite file: ``0 9 * * TUE``
 fires at 09:00 in each customer's own zone (or the rule's fixed zone), once per occurrence,
-across DST changes, restarts and downtime within / beyond ``processing.schedule_grace``."""
+across DST changes, restarts and downtime within / beyond ``processing.schedule_grace``.
+
+Every customer has an email address, so the audience alone decides who is sent to; no channel
+has endpoints in these settings, so a send is decided ``would_send`` (a dry run)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 from journey_fixtures import (
     Sim,
     make_sim_fixture,  # noqa: F401
+    reachable,
     write_template,
 )
 
@@ -86,7 +90,7 @@ def tuesdays(start: datetime, end: datetime, zone: str) -> list[datetime]:
 @pytest.fixture
 def schedule_sim(make_sim: Callable[..., Sim], tmp_path: Path) -> Callable[..., Sim]:
     """``schedule_sim(start, rule_text, **settings)`` → a Sim with the rule and the customers
-    (identified, with their zones and segments) already processed."""
+    (identified, with their zones, segments and addresses) already processed."""
 
     def make(start: datetime, rule: str = CUSTOMER_RULE, **overrides: Any) -> Sim:
         (tmp_path / "rules").mkdir(exist_ok=True)
@@ -94,9 +98,11 @@ def schedule_sim(make_sim: Callable[..., Sim], tmp_path: Path) -> Callable[..., 
         write_template(tmp_path / "templates", "family_picks", "email")
         sim = make_sim(start, **overrides)
         for user, zone in FAMILY.items():
-            sim.identify({"timezone": zone, "segment": "family"}, user=user)
+            sim.identify({**reachable(user), "timezone": zone, "segment": "family"}, user=user)
         for user, (zone, segment) in OTHERS.items():
-            traits = {"segment": segment} if segment else {}
+            traits = reachable(user)
+            if segment:
+                traits["segment"] = segment
             if zone:
                 traits["timezone"] = zone
             sim.identify(traits, user=user)

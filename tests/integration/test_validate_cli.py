@@ -59,7 +59,10 @@ def project(tmp_path: Path, files: dict[str, str]) -> tuple[Path, Path]:
     rules_dir, templates_dir = tmp_path / "rules", tmp_path / "templates"
     rules_dir.mkdir(parents=True)
     templates_dir.mkdir()
-    (templates_dir / "t.email.j2").write_text("{% block subject %}hi{% endblock %}\n")
+    # A valid email template: a subject, and an html or text body (validate loads templates).
+    (templates_dir / "t.email.j2").write_text(
+        "{% block subject %}hi{% endblock %}\n{% block text %}hi{% endblock %}\n"
+    )
     for name, text in files.items():
         (rules_dir / name).write_text(textwrap.dedent(text).lstrip("\n"))
     return rules_dir, templates_dir

@@ -334,8 +334,8 @@ def test_a_broken_template_is_a_problem_with_its_line_and_the_others_still_load(
     assert (problem.file, problem.line, problem.column) == ("templates/broken.email.j2", 3, 1)
     assert problem.severity == "error" and "syntax error" in problem.message
     assert renderer.has("good", "push") and not renderer.has("broken", "email")
-    outside = Renderer(templates)  # absolute and under the cwd: shown relative
-    assert [p.file for p in outside.load()] == ["templates/broken.email.j2"]
+    absolute = Renderer(templates)  # shown as given, like the rule files' problems
+    assert [p.file for p in absolute.load()] == [str(templates / "broken.email.j2")]
 
 
 def test_problem_file_outside_the_cwd_is_shown_as_given(
