@@ -156,10 +156,7 @@ class Engine:
             with self.store.unit() as own:
                 return self.link_signer(own)
         else:
-            state = unit.get_state("secret:links")
-            if state is None:
-                state = {"key": secrets.token_urlsafe(32)}
-                unit.set_state("secret:links", state)
+            state = unit.init_state("secret:links", {"key": secrets.token_urlsafe(32)})
             key = str(state["key"])
         signer = LinkSigner(key, self.settings.base_url)
         self._signer.append(signer)

@@ -142,6 +142,8 @@ class Unit(Protocol):
 
     def set_state(self, key: str, value: dict[str, Any]) -> None: ...
 
+    def init_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]: ...
+
 
 class Store(Protocol):
     def upgrade(self) -> None:

@@ -767,6 +767,13 @@ class SqlUnit(DeliveryMixin):
         value = self.conn.execute(sa.select(STATE.c.value).where(STATE.c.key == key)).scalar()
         return dict(value) if value is not None else None
 
+    def init_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """The state under ``key``, set to ``value`` first if there is none (a race between
+        processes keeps the first writer's value)."""
+        stmt = self._insert(STATE).on_conflict_do_nothing(index_elements=["key"])
+        self.conn.execute(stmt, [{"key": key, "value": value, "updated_at": self.clock.now()}])
+        return self.get_state(key) or value
+
     def set_state(self, key: str, value: dict[str, Any]) -> None:
         self._upsert(STATE, [{"key": key, "value": value, "updated_at": self.clock.now()}], ["key"])
 
