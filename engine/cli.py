@@ -366,7 +366,8 @@ def secrets_init(
         ".secrets"
     ),
 ) -> None:
-    """Create random local secrets (write key, admin token, Shopify secret) if missing."""
+    """Create random local secrets (write key, admin token, Shopify secret, webhook signing
+    secret) if missing."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     makers: dict[str, str] = {

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -319,6 +327,27 @@ class Settings(BaseSettings):
     )
 
     _resolve = field_validator("admin_token", "link_secret", mode="before")(resolve_secret)
+
+    @field_validator("link_secret")
+    @classmethod
+    def _link_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the link secret must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _lease(self) -> Settings:
+        longest = max(
+            (e.timeout for c in self.channels.values() for e in c.endpoints),
+            default=timedelta(0),
+        )
+        if self.delivery.lease <= longest * 2:
+            raise ValueError(
+                f"delivery.lease ({self.delivery.lease.total_seconds():g}s) must be more than "
+                f"twice the longest endpoint timeout ({longest.total_seconds():g}s), or a "
+                "slow delivery could be claimed and sent again while still in flight"
+            )
+        return self
 
     @field_validator("write_keys", mode="before")
     @classmethod

@@ -163,8 +163,9 @@ class Outcome:
     checkouts: set[str] = field(default_factory=set)  # cart ids to write back
     # (channel, address, reason, profile key, at): hard bounces, complaints.
     suppress: list[tuple[str, str, str, int, datetime]] = field(default_factory=list)
-    # (channel, address): unsubscribe suppressions an explicit Subscribed event lifts.
-    unsuppress: list[tuple[str, str]] = field(default_factory=list)
+    # (channel, email or None, profile key): unsubscribe suppressions an explicit
+    # Subscribed event lifts (keyed by the address for email, by the customer otherwise).
+    unsuppress: list[tuple[str, str | None, int]] = field(default_factory=list)
 
 
 def _new_profile(world: World, now: datetime) -> Profile:
@@ -253,9 +254,8 @@ def _apply_consent(
     channel = given if isinstance(given, str) and given in _CHANNELS else "email"
     if name in ("Unsubscribed", "Subscribed"):
         _set_consent(profile, channel, name == "Subscribed", stamp)
-        address = contact_email(profile) if channel == "email" else None
-        if name == "Subscribed" and address:
-            out.unsuppress.append((channel, address))
+        if name == "Subscribed":
+            out.unsuppress.append((channel, contact_email(profile), profile.key))
         return
     address = props.get("email") if isinstance(props.get("email"), str) else None
     address = (address or contact_email(profile) or "").strip().lower()

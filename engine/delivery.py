@@ -114,8 +114,9 @@ class Dispatcher:
         breaker = self.breakers.get(url, Breaker())
         cooldown = self.engine.settings.delivery.breaker_cooldown
         if not breaker.allows(now, cooldown):
-            opened = breaker.opened_at or breaker.trial_at or now
-            return held(PENDING, "circuit open", max(opened + cooldown, now))
+            # Open: until the cooldown ends; half-open: until the trial's answer is due.
+            since = breaker.trial_at if breaker.state == "half_open" else breaker.opened_at
+            return held(PENDING, "circuit open", max((since or now) + cooldown, now))
         self.breakers[url] = breaker.trial(now)
         return None
 
@@ -142,7 +143,8 @@ class Dispatcher:
         if isinstance(action, Delivered):
             new_status, words = DELIVERED, "delivered"
         elif isinstance(action, Retry):
-            new_status, at, words = PENDING, action.at, f"retry at {action.at.isoformat()}"
+            new_status, at = PENDING, action.at
+            words = f"{action.reason}; retry at {action.at.isoformat()}"
         elif isinstance(action, GiveUp):
             new_status = DEAD if action.dead else FAILED
             words = action.reason

@@ -13,8 +13,8 @@ ARCHITECTURE.md §4, and the first check that objects decides:
    - *sms*: requires ``consent["sms"] is True`` and ``accepts_marketing`` not ``False``
      (opt-in, as carriers and most jurisdictions require).
 
-2. **Address present.** Email needs a non-blank ``email``, push at least one token. The audience
-   carries no phone number, so sms relies on its explicit opt-in above.
+2. **Address present.** Email needs a non-blank ``email``, push at least one token, sms a
+   ``phone``.
 3. **Rule caps**, counting only that rule's sends, then 4. **global caps**: a channel cap counts
    the sends on its channel, an ``any`` cap counts every send. Windows roll: a send counts while
    ``at > now - per``, so a send exactly ``per`` ago no longer does. When a cap is full,
@@ -148,6 +148,7 @@ class Audience:
     email: str | None
     push_tokens: tuple[str, ...]
     timezone: str
+    phone: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +163,10 @@ class Request:
     rule_caps: tuple[Cap, ...] = ()
     holdout: float = 0.0
     variants: tuple[tuple[str, float], ...] = ()
+    #: The arm (``"holdout"`` or a variant id) the journey was already given at an earlier
+    #: step: kept, so a customer never changes arm mid-journey (e.g. after an identity merge
+    #: changes the customer id the hash is taken over).
+    arm: str | None = None
 
 
 # -- outcomes --------------------------------------------------------------------------------
@@ -271,7 +276,7 @@ def _consent(channel: str, audience: Audience) -> str | None:
         return f"suppressed for {channel}"
     choice = audience.consent.get(channel)
     if choice is False:
-        return f"unsubscribed from {channel}"
+        return f"opted out of {channel}"
     if channel in _MARKETING_CHANNELS and audience.accepts_marketing is False:
         return f"no consent for {channel}"
     if channel == "sms" and choice is not True:
@@ -284,6 +289,8 @@ def _address(channel: str, audience: Audience) -> str | None:
         return "no email address"
     if channel == "push" and not audience.push_tokens:
         return "no push token"
+    if channel == "sms" and not (audience.phone or "").strip():
+        return "no phone number"
     return None
 
 
@@ -354,7 +361,9 @@ def decide(
         quiet = _quiet(policy.quiet_hours, channel, audience.timezone, now)
         if quiet is not None:
             return quiet
-    arm = assign(request.rule_id, audience.customer_id, request.holdout, request.variants)
+    arm = request.arm
+    if arm is None:
+        arm = assign(request.rule_id, audience.customer_id, request.holdout, request.variants)
     if arm == HOLDOUT:
         return Holdout()
     return Send(variant=arm)

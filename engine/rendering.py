@@ -62,10 +62,12 @@ __all__ = ["CHANNEL_BLOCKS", "Rendered", "Renderer", "template_context"]
 CHANNEL_BLOCKS: dict[str, tuple[str, ...]] = {
     "email": ("subject", "html", "text"),
     "push": ("title", "body", "url"),
+    "sms": ("body",),
 }
 _REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {  # each group: at least one of these
     "email": (("subject",), ("html", "text")),
     "push": (("title",), ("body",)),
+    "sms": (("body",),),
 }
 _LOOP_FILTER = "_nudge_loop"  # wraps every {% for %} iterable to check the deadline
 _NOT_DATA = frozenset({"link", "unsubscribe_url", "self", "super"})

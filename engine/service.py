@@ -324,7 +324,11 @@ def process_events_once(engine: Engine, limit: int | None = None) -> ProcessResu
         if outcome.suppress or outcome.unsuppress:
             unit.suppress(
                 [(c, a, r, ids.get(k), at) for c, a, r, k, at in outcome.suppress],
-                outcome.unsuppress,
+                [
+                    (c, suppression_address(c, ids[k], email))
+                    for c, email, k in outcome.unsuppress
+                    if k in ids
+                ],
             )
 
         triggers = [
@@ -461,6 +465,7 @@ def _request(item: _Ready) -> Request:
         ),
         holdout=rule.holdout,
         variants=tuple((v.id, v.weight) for v in rule.variants),
+        arm=item.journey.variant,
     )
 
 
@@ -527,6 +532,7 @@ def _decide(
             email=customer.email,
             push_tokens=push_tokens(customer.traits),
             timezone=customer.timezone,
+            phone=_phone(customer),
         )
         pairs = [(_request(item), item) for item in items]
         lookup = {id(r): item for r, item in pairs}  # decide_many hands the same objects back
@@ -567,6 +573,11 @@ def _decide(
                     SentMessage(rule_id=item.rule.id, channel=request.channel, at=now)
                 )
     return unit.write_messages(messages, endpoints)
+
+
+def _phone(customer: CustomerFacts) -> str | None:
+    phone = customer.traits.get("phone")
+    return phone.strip() if isinstance(phone, str) and phone.strip() else None
 
 
 def message_id_for(dedupe: str) -> str:
@@ -621,6 +632,7 @@ def _render(
             "customer_id": customer.display_id,
             "email": customer.email,
             "push_tokens": list(push_tokens(customer.traits)),
+            "phone": _phone(customer),
         },
         "content": rendered.content,
         "rule": rule.id,

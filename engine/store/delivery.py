@@ -107,8 +107,9 @@ class DeliveryMixin:
         rows: Sequence[tuple[str, str, str, int | None, datetime]],
         lift: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Add suppressions (channel, address, reason, customer id, at); an existing one keeps
-        its first reason. ``lift`` removes *unsubscribe* suppressions (an explicit opt-in)."""
+        """Add suppressions (channel, address, reason, customer id, at); a hard bounce or a
+        complaint replaces an unsubscribe, otherwise the first reason stays. ``lift`` removes
+        *unsubscribe* suppressions (an explicit opt-in)."""
         for channel, address in lift:
             self.conn.execute(
                 SUPPRESSIONS.delete().where(
@@ -118,8 +119,15 @@ class DeliveryMixin:
                 )
             )
         if rows:
-            stmt = self._insert(SUPPRESSIONS).on_conflict_do_nothing(
-                index_elements=["channel", "address"]
+            stmt = self._insert(SUPPRESSIONS)
+            # A bounce or complaint outranks an unsubscribe (an opt-in lifts only the latter).
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["channel", "address"],
+                set_={"reason": stmt.excluded.reason, "at": stmt.excluded.at},
+                where=sa.and_(
+                    SUPPRESSIONS.c.reason == "unsubscribed",
+                    stmt.excluded.reason != "unsubscribed",
+                ),
             )
             self.conn.execute(
                 stmt,
@@ -134,6 +142,25 @@ class DeliveryMixin:
                     for c, a, r, cid, at in rows
                 ],
             )
+
+    def move_delivery_history(self, loser: int, survivor: int) -> None:
+        """After an identity merge: messages and customer-keyed suppressions move over."""
+        self.conn.execute(
+            MESSAGES.update().where(MESSAGES.c.customer_id == loser).values(customer_id=survivor)
+        )
+        old, new = f"customer:{loser}", f"customer:{survivor}"
+        taken = sa.select(SUPPRESSIONS.c.channel).where(SUPPRESSIONS.c.address == new)
+        self.conn.execute(
+            SUPPRESSIONS.update()
+            .where(SUPPRESSIONS.c.address == old, SUPPRESSIONS.c.channel.not_in(taken))
+            .values(address=new, customer_id=survivor)
+        )
+        self.conn.execute(SUPPRESSIONS.delete().where(SUPPRESSIONS.c.address == old))
+        self.conn.execute(
+            SUPPRESSIONS.update()
+            .where(SUPPRESSIONS.c.customer_id == loser)
+            .values(customer_id=survivor)
+        )
 
     # -- messages and outbox --------------------------------------------------------------------
 

@@ -216,7 +216,7 @@ class SqlStore:
             return {
                 **dict(row._mapping),
                 "message": dict(message._mapping) if message is not None else None,
-                "attempts": [dict(a._mapping) for a in attempts],
+                "attempt_log": [dict(a._mapping) for a in attempts],
             }
 
     def customer_refs(self, customer_id: int) -> dict[str, Any] | None:

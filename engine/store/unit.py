@@ -472,7 +472,8 @@ class SqlUnit(DeliveryMixin):
         bulk_update(self.conn, self.dialect, EVENTS, rows, key="seq")
 
     def move_customer_history(self, loser: int, survivor: int) -> None:
-        """After a merge: the loser's events, decisions and journeys belong to the survivor.
+        """After a merge: the loser's events, decisions, journeys, messages and suppressions
+        belong to the survivor.
 
         A journey the survivor already has for the same rule and key stays the survivor's;
         the loser's twin is cancelled.
@@ -483,6 +484,9 @@ class SqlUnit(DeliveryMixin):
         self.conn.execute(
             DECISIONS.update().where(DECISIONS.c.customer_id == loser).values(customer_id=survivor)
         )
+        # What was sent to the loser still counts against the survivor's caps, and what the
+        # loser asked not to receive still holds.
+        self.move_delivery_history(loser, survivor)
         twin = JOURNEYS.alias("twin")
         clash = (
             sa.select(twin.c.id)
@@ -621,7 +625,21 @@ class SqlUnit(DeliveryMixin):
         )
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        return self.with_trigger_properties([_journey(r) for r in self.conn.execute(query)])
+        rows = list(self.conn.execute(query))
+        # A customer's due steps are decided together, whatever the batch boundary: they
+        # compete for the same capped slots, and the higher priority must win.
+        seen = {r.id for r in rows}
+        customers = sorted({r.customer_id for r in rows})
+        for chunk in chunks(customers):
+            more = sa.select(JOURNEYS).where(
+                JOURNEYS.c.status == ACTIVE,
+                JOURNEYS.c.due_at <= now,
+                JOURNEYS.c.customer_id.in_(chunk),
+            )
+            if self.dialect == "postgresql":
+                more = more.with_for_update(skip_locked=True)
+            rows += [r for r in self.conn.execute(more) if r.id not in seen]
+        return self.with_trigger_properties([_journey(r) for r in rows])
 
     def existing_journeys(
         self, rule_id: str, instance: str, customer_ids: Sequence[int]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 
+import orjson
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -99,7 +100,11 @@ def install_tracking(app: FastAPI, engine: Engine, writer: EventWriter) -> None:
         if refs is None:
             return None
         customer_id = int(refs["id"])
-        address = suppression_address(found.channel, customer_id, refs["email"])
+        email = refs["email"]
+        message = store.message(found.message_id) if found.message_id else None
+        if message is not None:  # the address the message went to, if it has changed since
+            email = orjson.loads(message["body"]).get("to", {}).get("email") or email
+        address = suppression_address(found.channel, customer_id, email)
         now = engine.clock.now()
         with store.unit() as unit:
             unit.suppress([(found.channel, address, "unsubscribed", customer_id, now)])

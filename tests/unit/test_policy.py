@@ -89,7 +89,7 @@ def test_a_suppressed_channel_is_skipped() -> None:
 
 def test_an_explicit_opt_out_of_a_channel_is_skipped() -> None:
     audience = replace(ALICE, consent={"email": False})
-    assert decide_now(request(), audience) == Skip(reason="unsubscribed from email")
+    assert decide_now(request(), audience) == Skip(reason="opted out of email")
 
 
 def test_email_without_marketing_consent_is_skipped_but_push_is_not() -> None:
@@ -103,10 +103,12 @@ def test_email_with_no_explicit_choice_is_allowed() -> None:
     assert decide_now(request(), audience) == Send(variant=None)
 
 
-def test_sms_needs_an_explicit_opt_in() -> None:
-    audience = replace(ALICE, consent={"sms": None})
+def test_sms_needs_an_explicit_opt_in_and_a_phone_number() -> None:
+    texted = replace(ALICE, phone="+46701234567")
+    audience = replace(texted, consent={"sms": None})
     assert decide_now(request(channel="sms"), audience) == Skip(reason="no consent for sms")
-    assert decide_now(request(channel="sms")) == Send(variant=None)
+    assert decide_now(request(channel="sms"), texted) == Send(variant=None)
+    assert decide_now(request(channel="sms")) == Skip(reason="no phone number")
 
 
 def test_a_missing_address_is_skipped() -> None:

@@ -81,7 +81,7 @@ def test_email_renders_each_block_stripped_and_a_missing_optional_block_as_empty
     }
     assert renderer.has("hi", "email") and renderer.has("hi", "push")
     assert not renderer.has("hi", "sms") and not renderer.has("bye", "email")
-    assert set(CHANNEL_BLOCKS) == {"email", "push"}
+    assert set(CHANNEL_BLOCKS) == {"email", "push", "sms"}
 
 
 def test_top_level_macros_imports_sets_and_extends_are_visible_in_blocks(tmp_path: Path) -> None:
@@ -379,7 +379,7 @@ def test_required_blocks_may_come_from_the_extended_layout_and_partials_are_not_
         {
             "layout.j2": "{% block subject %}{% endblock %}{% block text %}{% endblock %}",
             "news.email.j2": '{% extends "layout.j2" %}{% block subject %}S{% endblock %}',
-            "snippet.sms.j2": "no blocks: not a channel we send, so a partial",
+            "snippet.part.j2": "no blocks: not a channel we send, so a partial",
         },
     )
     assert render(renderer, "news", "email", CTX).content == {
@@ -387,7 +387,7 @@ def test_required_blocks_may_come_from_the_extended_layout_and_partials_are_not_
         "html": "",
         "text": "",
     }
-    assert not renderer.has("snippet", "sms")
+    assert not renderer.has("snippet", "part")
 
 
 def test_a_missing_or_broken_partial_disables_the_message_that_uses_it(tmp_path: Path) -> None:
