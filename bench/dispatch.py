@@ -37,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import cProfile
+import ctypes
 import io
 import json
 import math
@@ -111,6 +112,12 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when this script dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def stop_process(proc: subprocess.Popen[Any]) -> int | None:
     """SIGTERM the process this script started, then SIGKILL if it lingers."""
     if proc.poll() is None:
@@ -130,7 +137,9 @@ class Receiver:
         argv = [sys.executable, str(HERE / "receiver.py"), "--max-lifetime", str(lifetime)]
         argv += ["--delay-ms", str(delay_ms)] + (["--record"] if record else [])
         self.delay_ms = delay_ms
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)
         line = self.proc.stdout.readline().decode() if ready else ""
@@ -291,12 +300,16 @@ async def _baseline(
         while time.perf_counter() < end:
             await one()
 
-    async def bounded(jobs: list[Any], limit: float) -> None:
+    async def bounded(jobs: list[Any], limit: float) -> tuple[float, float]:
+        """Run ``jobs`` for at most ``limit`` seconds; (CPU, machine busy) seconds at the end
+        of that window, before the cancelled stragglers are cleaned up."""
         tasks = [asyncio.ensure_future(job) for job in jobs]
         _, late = await asyncio.wait(tasks, timeout=limit)
+        at_end = time.process_time(), machine_busy_seconds()
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+        return at_end
 
     try:
         # Open the connections first (bounded: the default httpx transport can take seconds).
@@ -305,8 +318,8 @@ async def _baseline(
         cpu, busy = time.process_time(), machine_busy_seconds()
         start = time.perf_counter()
         end = start + seconds
-        await bounded([worker() for _ in range(concurrency)], seconds)
-        cpu, busy = time.process_time() - cpu, machine_busy_seconds() - busy
+        cpu_end, busy_end = await bounded([worker() for _ in range(concurrency)], seconds)
+        cpu, busy = cpu_end - cpu, busy_end - busy
     finally:
         await close()
     return {
@@ -570,9 +583,9 @@ def outbox_run(
             drive = asyncio.run(_drive(engine, count, timeout))
         busy = (machine_busy_seconds() - busy) * drive["seconds"] / drive["wall_s"]
         after, receiver_cpu = receiver.stats(), receiver.cpu_seconds() - receiver_cpu
-        with engine.store.read() as conn:
+        with contextlib.closing(sqlite3.connect(root / name / "nudge.db")) as conn:
             statuses = dict(
-                conn.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").all()
+                conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
             )
     finally:
         engine.store.close()
@@ -833,6 +846,7 @@ def latency_run(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
+            preexec_fn=_die_with_parent,
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -1067,6 +1081,14 @@ def print_report(result: dict[str, Any]) -> None:
         "the run's wall time; CPU = process CPU time / wall time (100% = one core); other = "
         "every other process on the machine meanwhile."
     )
+    per = [r["cpu_us_per_delivery"] for r in result["outbox"] if not r["delay_ms"]]
+    if per:
+        console.print(
+            f"  one event loop and one GIL: at 100% of one core, {GOAL_DELIVERIES_PER_S:,}/s "
+            f"leaves {1e6 / GOAL_DELIVERIES_PER_S:,.0f} CPU us per delivery; the full path "
+            f"used {min(per):,}-{max(per):,} (clients alone: see the table above)",
+            highlight=False,
+        )
     alone = result.get("store_alone")
     if alone:
         console.print(

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from engine.dispatch import (
     AttemptResult,
@@ -177,46 +178,71 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event, wake: threading.Event | None = None) -> None:
         """Deliver until ``stop`` is set: keeps up to twice ``concurrency`` deliveries in
-        flight, claims more as they finish, records finished ones in batches. On stop, the
-        deliveries in flight are finished and recorded (nothing is left half-done)."""
+        flight, claims more as they finish, records finished ones in batches. The database
+        work (one claim or one record at a time, on a worker thread) overlaps the HTTP
+        requests instead of stopping them. On stop, the deliveries in flight are finished and
+        recorded (nothing is left half-done)."""
         wake = wake or self.engine.outbox_signal
         interval = self.engine.settings.delivery.interval.total_seconds()
         inflight: set[asyncio.Task[Attempt]] = set()
         done: list[Attempt] = []
         flushed = time.monotonic()
+        db: asyncio.Task[list[OutboxItem] | None] | None = None  # the claim or record running
+        idle = False
         try:
             while not stop.is_set():
-                claimed = 0
-                room = self.concurrency * 2 - len(inflight)
-                if room >= min(self.batch_size, self.concurrency):
-                    wake.clear()
-                    items = await asyncio.to_thread(self._claim, min(room, self.batch_size))
-                    claimed = len(items)
-                    for item in items:
+                if db is not None and db.done():
+                    items = db.result()
+                    db = None
+                    for item in items or ():
                         inflight.add(asyncio.create_task(self._deliver(item)))
-                if inflight:
+                    idle = items is not None and not items
+                if db is None:
+                    room = self.concurrency * 2 - len(inflight)
+                    if done and (
+                        len(done) >= self.batch_size
+                        or not inflight
+                        or time.monotonic() - flushed >= _FLUSH_SECONDS
+                    ):
+                        db = asyncio.create_task(self._record_task(done))
+                        done, flushed = [], time.monotonic()
+                    elif room >= min(self.batch_size, self.concurrency) and not (
+                        idle and not wake.is_set()
+                    ):
+                        wake.clear()
+                        db = asyncio.create_task(self._claim_task(min(room, self.batch_size)))
+                waiting: set[asyncio.Task[Any]] = set(inflight)
+                if db is not None:
+                    waiting.add(db)
+                if waiting:
                     finished, _ = await asyncio.wait(
-                        inflight, timeout=_FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                        waiting, timeout=_FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
                     )
                     for task in finished:
-                        inflight.discard(task)
-                        done.append(task.result())
-                if done and (
-                    len(done) >= self.batch_size
-                    or not inflight
-                    or time.monotonic() - flushed >= _FLUSH_SECONDS
-                ):
-                    await asyncio.to_thread(self._record, done)
-                    done, flushed = [], time.monotonic()
-                if not claimed and not inflight:
+                        if task in inflight:
+                            inflight.discard(task)
+                            done.append(task.result())
+                elif idle:
                     await _wait_either(stop, wake, interval)
+                    idle = False
         finally:
+            if db is not None:
+                items = await db
+                for item in items or ():  # claimed just now: deliver them before stopping
+                    inflight.add(asyncio.create_task(self._deliver(item)))
             if inflight:
                 results = await asyncio.gather(*inflight, return_exceptions=True)
                 done += [r for r in results if isinstance(r, Attempt)]
             if done:
                 await asyncio.to_thread(self._record, done)
             await self.poster.aclose()
+
+    async def _claim_task(self, limit: int) -> list[OutboxItem] | None:
+        return await asyncio.to_thread(self._claim, limit)
+
+    async def _record_task(self, attempts: list[Attempt]) -> list[OutboxItem] | None:
+        await asyncio.to_thread(self._record, attempts)
+        return None
 
 
 async def _wait_either(stop: asyncio.Event, wake: threading.Event, seconds: float) -> None:

@@ -277,21 +277,41 @@ class DeliveryMixin:
                     for a in made
                 ],
             )
-        for a in attempts:
-            values: dict[str, Any] = {
-                "status": a.new_status,
-                "lease_until": None,
-                "updated_at": now,
-                "last_status": a.status,
-                "last_error": a.error or (a.action if a.new_status != DELIVERED else None),
+        # One executemany: every row sets the same columns (a value kept is written back).
+        rows = [
+            {
+                "b_id": a.outbox_id,
+                "b_status": a.new_status,
+                "b_updated_at": now,
+                "b_last_status": a.status,
+                "b_last_error": a.error or (a.action if a.new_status != DELIVERED else None),
+                "b_attempts": a.attempt if a.attempt > 0 else None,
+                "b_next_attempt_at": a.next_attempt_at,
+                "b_delivered_at": a.at if a.new_status == DELIVERED else None,
             }
-            if a.attempt > 0:
-                values["attempts"] = a.attempt
-            if a.next_attempt_at is not None:
-                values["next_attempt_at"] = a.next_attempt_at
-            if a.new_status == DELIVERED:
-                values["delivered_at"] = a.at
-            self.conn.execute(OUTBOX.update().where(OUTBOX.c.id == a.outbox_id).values(**values))
+            for a in attempts
+        ]
+        self.conn.execute(
+            OUTBOX.update()
+            .where(OUTBOX.c.id == sa.bindparam("b_id"))
+            .values(
+                status=sa.bindparam("b_status"),
+                lease_until=None,
+                updated_at=sa.bindparam("b_updated_at"),
+                last_status=sa.bindparam("b_last_status"),
+                last_error=sa.bindparam("b_last_error"),
+                attempts=sa.func.coalesce(sa.bindparam("b_attempts"), OUTBOX.c.attempts),
+                next_attempt_at=sa.func.coalesce(
+                    sa.bindparam("b_next_attempt_at", type_=OUTBOX.c.next_attempt_at.type),
+                    OUTBOX.c.next_attempt_at,
+                ),
+                delivered_at=sa.func.coalesce(
+                    sa.bindparam("b_delivered_at", type_=OUTBOX.c.delivered_at.type),
+                    OUTBOX.c.delivered_at,
+                ),
+            ),
+            rows,
+        )
 
     def disabled_endpoints(self) -> dict[str, str]:
         """Endpoint URL → why it is disabled (a 410 Gone, or an operator)."""
