@@ -228,6 +228,9 @@ def _merge_traits(into: Profile, traits: dict[str, Any], times: dict[str, str]) 
 _CONSENT = "$consent:"  # trait_times key: when the consent for a channel was last given
 _CHANNELS = ("email", "push", "sms")
 _HARD_BOUNCES = frozenset({"hard", "permanent", "hard_bounce", "hardbounce"})
+_CONSENT_EVENTS = frozenset(
+    {"Unsubscribed", "Subscribed", "Email Bounced", "Email Complained", "Email Marked as Spam"}
+)
 
 
 def _set_consent(profile: Profile, channel: str, value: bool, when: str) -> None:
@@ -244,12 +247,12 @@ def _apply_consent(
     """Consent and suppressions: ``accepts_marketing`` traits, ``Unsubscribed`` /
     ``Subscribed`` events (``channel``, default email), hard ``Email Bounced`` and
     ``Email Complained`` (the address in ``email`` or the profile's)."""
-    stamp = event.timestamp.isoformat()
-    if isinstance(traits.get("accepts_marketing"), bool):
-        _set_consent(profile, "email", traits["accepts_marketing"], stamp)
-    if event.type != "track":
-        return
+    if traits and isinstance(traits.get("accepts_marketing"), bool):
+        _set_consent(profile, "email", traits["accepts_marketing"], event.timestamp.isoformat())
     name = event.name
+    if event.type != "track" or name not in _CONSENT_EVENTS:
+        return
+    stamp = event.timestamp.isoformat()
     given = props.get("channel")
     channel = given if isinstance(given, str) and given in _CHANNELS else "email"
     if name in ("Unsubscribed", "Subscribed"):

@@ -375,3 +375,61 @@ def test_profile_does_not_depend_on_batch_boundaries(events: list[EventIn], cut:
     world = run(events[:cut])
     run(events[cut:], world)
     assert canonical(world) == canonical(run(list(events)))
+
+
+# -- consent and suppressions -----------------------------------------------------------------
+
+
+def _consent_events(order: list[int]) -> list[EventIn]:
+    base = [
+        ev("identify", user="c1", at=T0, traits={"email": "c1@example.com"}),
+        ev("identify", user="c1", at=T0 + timedelta(hours=1), traits={"accepts_marketing": True}),
+        ev(name="Unsubscribed", user="c1", at=T0 + timedelta(hours=2), props={}),
+        ev(name="Subscribed", user="c1", at=T0 + timedelta(hours=3), props={"channel": "push"}),
+        ev(name="Unsubscribed", user="c1", at=T0 + timedelta(hours=4), props={"channel": "sms"}),
+    ]
+    return [base[i] for i in order]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(range(5)))
+def test_the_latest_consent_per_channel_wins_whatever_the_arrival_order(order: list[int]) -> None:
+    profile = holder(run(_consent_events(order)), USER, "c1")
+    # accepts_marketing (1h) is overtaken by the Unsubscribed at 2h; push and sms are their own.
+    assert profile.consent == {"email": False, "push": True, "sms": False}
+
+
+def test_an_opt_in_and_an_opt_out_at_the_same_moment_leave_the_customer_opted_out() -> None:
+    for names in (("Subscribed", "Unsubscribed"), ("Unsubscribed", "Subscribed")):
+        profile = holder(run([ev(name=n, user="c2", props={}) for n in names]), USER, "c2")
+        assert profile.consent == {"email": False}
+
+
+def test_hard_bounces_and_complaints_suppress_the_address_and_soft_bounces_do_not() -> None:
+    out = apply_events(
+        world := World(),
+        [
+            ev("identify", user="c3", traits={"email": "C3@Example.com"}),
+            ev(name="Email Bounced", user="c3", props={"bounce_type": "soft"}),
+            ev(name="Email Bounced", user="c3", props={"type": "hard"}),
+            ev(name="Email Complained", user="c3", props={"email": "other@example.com"}),
+        ],
+        T0,
+    )
+    key = holder(world, USER, "c3").key
+    assert [(c, a, r, k) for c, a, r, k, _ in out.suppress] == [
+        ("email", "c3@example.com", "hard bounce", key),
+        ("email", "other@example.com", "complaint", key),
+    ]
+
+
+def test_a_subscribe_asks_to_lift_the_unsubscribe_suppression_of_its_channel() -> None:
+    out = apply_events(
+        world := World(),
+        [
+            ev("identify", user="c4", traits={"email": "c4@example.com"}),
+            ev(name="Subscribed", user="c4", props={"channel": "push"}),
+        ],
+        T0,
+    )
+    assert out.unsuppress == [("push", "c4@example.com", holder(world, USER, "c4").key)]
