@@ -13,9 +13,11 @@ ends, under the same ``webhook-id``, so receivers can drop the duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -88,6 +90,10 @@ class Dispatcher:
             self._disabled.update(disable)
         self.delivered += sum(1 for a in attempts if a.new_status == DELIVERED)
 
+    def _release(self, ids: list[int]) -> None:
+        with self.engine.store.unit() as unit:
+            unit.release_outbox(ids)
+
     # -- one delivery ------------------------------------------------------------------------
 
     def _skip(self, item: OutboxItem) -> Attempt | None:
@@ -99,6 +105,7 @@ class Dispatcher:
             return Attempt(
                 outbox_id=item.id,
                 attempt=0,
+                attempts=item.attempts,
                 at=now,
                 status=None,
                 error=None,
@@ -156,6 +163,7 @@ class Dispatcher:
         return Attempt(
             outbox_id=item.id,
             attempt=attempt,
+            attempts=attempt,
             at=sent_at,
             status=result.status,
             error=result.error,
@@ -177,15 +185,31 @@ class Dispatcher:
         return len(items)
 
     async def run(self, stop: asyncio.Event, wake: threading.Event | None = None) -> None:
-        """Deliver until ``stop`` is set: keeps up to twice ``concurrency`` deliveries in
-        flight, claims more as they finish, records finished ones in batches. The database
-        work (one claim or one record at a time, on a worker thread) overlaps the HTTP
-        requests instead of stopping them. On stop, the deliveries in flight are finished and
-        recorded (nothing is left half-done)."""
+        """Deliver until ``stop`` is set: up to ``concurrency`` deliveries in flight, fed from
+        a local queue of claimed rows that is refilled a batch at a time; finished ones are
+        recorded in batches. The database work (one claim or one record at a time, on a
+        worker thread) overlaps the HTTP requests instead of pausing them. On stop, the
+        requests in flight are finished and recorded and the rows claimed but not yet posted
+        are released (nothing is left half-done)."""
         wake = wake or self.engine.outbox_signal
         interval = self.engine.settings.delivery.interval.total_seconds()
+        queue: deque[OutboxItem] = deque()
         inflight: set[asyncio.Task[Attempt]] = set()
         done: list[Attempt] = []
+        progress = asyncio.Event()  # a delivery or the database step finished
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            if task in inflight:
+                inflight.discard(task)
+                done.append(task.result())
+            progress.set()
+
+        def start() -> None:
+            while queue and len(inflight) < self.concurrency:
+                task = asyncio.create_task(self._deliver(queue.popleft()))
+                inflight.add(task)
+                task.add_done_callback(finished)
+
         flushed = time.monotonic()
         db: asyncio.Task[list[OutboxItem] | None] | None = None  # the claim or record running
         idle = False
@@ -194,11 +218,11 @@ class Dispatcher:
                 if db is not None and db.done():
                     items = db.result()
                     db = None
-                    for item in items or ():
-                        inflight.add(asyncio.create_task(self._deliver(item)))
-                    idle = items is not None and not items
+                    if items is not None:
+                        queue.extend(items)
+                        idle = not items
+                start()
                 if db is None:
-                    room = self.concurrency * 2 - len(inflight)
                     if done and (
                         len(done) >= self.batch_size
                         or not inflight
@@ -206,35 +230,27 @@ class Dispatcher:
                     ):
                         db = asyncio.create_task(self._record_task(done))
                         done, flushed = [], time.monotonic()
-                    elif room >= min(self.batch_size, self.concurrency) and not (
-                        idle and not wake.is_set()
-                    ):
+                    elif len(queue) < self.batch_size // 2 + 1 and not (idle and not wake.is_set()):
                         wake.clear()
-                        db = asyncio.create_task(self._claim_task(min(room, self.batch_size)))
-                waiting: set[asyncio.Task[Any]] = set(inflight)
-                if db is not None:
-                    waiting.add(db)
-                if waiting:
-                    finished, _ = await asyncio.wait(
-                        waiting, timeout=_FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in finished:
-                        if task in inflight:
-                            inflight.discard(task)
-                            done.append(task.result())
-                elif idle:
+                        db = asyncio.create_task(self._claim_task(self.batch_size))
+                    if db is not None:
+                        db.add_done_callback(finished)
+                if db is None and not inflight and not queue:
                     await _wait_either(stop, wake, interval)
                     idle = False
+                    continue
+                progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.wait(), timeout=_FLUSH_SECONDS)
         finally:
             if db is not None:
-                items = await db
-                for item in items or ():  # claimed just now: deliver them before stopping
-                    inflight.add(asyncio.create_task(self._deliver(item)))
-            if inflight:
-                results = await asyncio.gather(*inflight, return_exceptions=True)
-                done += [r for r in results if isinstance(r, Attempt)]
+                queue.extend(await db or ())
+            if inflight:  # posted: wait for the answers, so they are recorded
+                await asyncio.gather(*inflight, return_exceptions=True)
             if done:
                 await asyncio.to_thread(self._record, done)
+            if queue:  # claimed but never posted: back to the queue at once, not at lease end
+                await asyncio.to_thread(self._release, [item.id for item in queue])
             await self.poster.aclose()
 
     async def _claim_task(self, limit: int) -> list[OutboxItem] | None:

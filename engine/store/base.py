@@ -49,11 +49,13 @@ class OutboxItem:
 @dataclass(frozen=True, kw_only=True)
 class Attempt:
     """What became of a claimed delivery: ``attempt`` 0 means it was not posted (endpoint
-    disabled, breaker open); ``new_status`` pending (with ``next_attempt_at``), delivered,
-    failed or dead; ``action`` says why in words."""
+    disabled, breaker open); ``attempts`` is the row's count of attempts after this one;
+    ``new_status`` pending (with ``next_attempt_at``), delivered, failed or dead; ``action``
+    says why in words."""
 
     outbox_id: int
     attempt: int
+    attempts: int
     at: datetime
     status: int | None
     error: str | None
@@ -133,6 +135,8 @@ class Unit(Protocol):
     ) -> list[OutboxItem]: ...
 
     def record_attempts(self, attempts: Sequence[Attempt]) -> None: ...
+
+    def release_outbox(self, ids: Sequence[int]) -> None: ...
 
     def disabled_endpoints(self) -> dict[str, str]: ...
 

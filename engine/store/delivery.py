@@ -171,7 +171,7 @@ class DeliveryMixin:
         A message already written (same id) is left alone. Returns messages inserted."""
         if not messages:
             return 0
-        from engine.store.unit import bulk_insert  # unit.py mixes this class in
+        from engine.store.unit import bulk_insert
 
         now = self.clock.now()
         existing: set[str] = set()
@@ -254,63 +254,62 @@ class DeliveryMixin:
             for r in rows
         ]
 
+    def release_outbox(self, ids: Sequence[int]) -> None:
+        """Give claimed rows back (their lease ends now): a dispatcher stopping."""
+        for start in range(0, len(ids), 500):
+            self.conn.execute(
+                OUTBOX.update()
+                .where(OUTBOX.c.id.in_(list(ids[start : start + 500])))
+                .values(lease_until=None)
+            )
+
     def record_attempts(self, attempts: Sequence[Attempt]) -> None:
         """Write each attempt's result and move its outbox row on (delivered, retry at,
         failed, dead); the lease is released."""
         if not attempts:
             return
+        from engine.store.unit import bulk_insert, bulk_update  # unit.py mixes this class in
+
         now = self.clock.now()
-        made = [a for a in attempts if a.attempt > 0]
-        if made:
-            self.conn.execute(
-                sa.insert(ATTEMPTS),
-                [
-                    {
-                        "outbox_id": a.outbox_id,
-                        "attempt": a.attempt,
-                        "at": a.at,
-                        "status": a.status,
-                        "error": a.error,
-                        "duration_ms": a.duration_ms,
-                        "action": a.action[:200],
-                    }
-                    for a in made
-                ],
-            )
-        # One executemany: every row sets the same columns (a value kept is written back).
-        rows = [
-            {
-                "b_id": a.outbox_id,
-                "b_status": a.new_status,
-                "b_updated_at": now,
-                "b_last_status": a.status,
-                "b_last_error": a.error or (a.action if a.new_status != DELIVERED else None),
-                "b_attempts": a.attempt if a.attempt > 0 else None,
-                "b_next_attempt_at": a.next_attempt_at,
-                "b_delivered_at": a.at if a.new_status == DELIVERED else None,
-            }
-            for a in attempts
-        ]
-        self.conn.execute(
-            OUTBOX.update()
-            .where(OUTBOX.c.id == sa.bindparam("b_id"))
-            .values(
-                status=sa.bindparam("b_status"),
-                lease_until=None,
-                updated_at=sa.bindparam("b_updated_at"),
-                last_status=sa.bindparam("b_last_status"),
-                last_error=sa.bindparam("b_last_error"),
-                attempts=sa.func.coalesce(sa.bindparam("b_attempts"), OUTBOX.c.attempts),
-                next_attempt_at=sa.func.coalesce(
-                    sa.bindparam("b_next_attempt_at", type_=OUTBOX.c.next_attempt_at.type),
-                    OUTBOX.c.next_attempt_at,
-                ),
-                delivered_at=sa.func.coalesce(
-                    sa.bindparam("b_delivered_at", type_=OUTBOX.c.delivered_at.type),
-                    OUTBOX.c.delivered_at,
-                ),
-            ),
-            rows,
+        bulk_insert(
+            self.conn,
+            self.dialect,
+            ATTEMPTS,
+            [
+                {
+                    "outbox_id": a.outbox_id,
+                    "attempt": a.attempt,
+                    "at": a.at,
+                    "status": a.status,
+                    "error": a.error,
+                    "duration_ms": a.duration_ms,
+                    "action": a.action[:200],
+                }
+                for a in attempts
+                if a.attempt > 0
+            ],
+        )
+        # Every column of every row, so one executemany does them all (next_attempt_at only
+        # matters while pending; a finished row keeps the time it was decided).
+        bulk_update(
+            self.conn,
+            self.dialect,
+            OUTBOX,
+            [
+                {
+                    "id": a.outbox_id,
+                    "status": a.new_status,
+                    "lease_until": None,
+                    "updated_at": now,
+                    "last_status": a.status,
+                    "last_error": a.error or (a.action if a.new_status != DELIVERED else None),
+                    "attempts": a.attempts,
+                    "next_attempt_at": a.next_attempt_at or a.at,
+                    "delivered_at": a.at if a.new_status == DELIVERED else None,
+                }
+                for a in attempts
+            ],
+            key="id",
         )
 
     def disabled_endpoints(self) -> dict[str, str]:
