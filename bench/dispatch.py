@@ -649,6 +649,7 @@ def store_alone(root: Path, url: str, secret: str, count: int, synchronous: str)
                 Attempt(
                     outbox_id=item.id,
                     attempt=1,
+                    attempts=1,
                     at=now,
                     status=200,
                     error=None,

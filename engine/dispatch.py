@@ -21,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import email.utils
+import functools
 import math
 import random
 import time
@@ -80,7 +81,9 @@ def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
+@functools.lru_cache(maxsize=64)
 def _webhook(secret: str) -> Webhook:
+    # Cached: a signer per endpoint secret, not per request.
     # The library accepts almost anything (it strips the prefix if present and decodes base64
     # leniently, dropping stray characters), so check the whsec_<base64> shape here.
     if not secret.startswith(_SECRET_PREFIX):

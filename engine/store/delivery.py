@@ -211,6 +211,8 @@ class DeliveryMixin:
     def claim_outbox(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxItem]:
         """Due pending deliveries, leased until ``lease_until`` (a crashed dispatcher's claims
         come back when the lease ends; the retry carries the same message id)."""
+        if self.dialect == "sqlite":
+            return self._claim_outbox_sqlite(now, limit, lease_until)
         due = (
             sa.select(OUTBOX.c.id)
             .where(
@@ -252,6 +254,51 @@ class DeliveryMixin:
                 body=r.body,
             )
             for r in rows
+        ]
+
+    def _claim_outbox_sqlite(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[OutboxItem]:
+        """The claim as two statements in SQL text (the unit holds the writer lock): the
+        dispatcher claims a batch every few milliseconds, and SQLAlchemy's statement and
+        row processing was a third of its cost. Times are bound in their stored form."""
+        from engine.store.unit import _time_text
+
+        at, lease = _time_text(now), _time_text(lease_until)
+        claimed = list(
+            self.conn.exec_driver_sql(
+                "UPDATE outbox SET lease_until = ? WHERE id IN (SELECT id FROM outbox"
+                " WHERE status = 'pending' AND next_attempt_at <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?)"
+                " ORDER BY next_attempt_at, id LIMIT ?)"
+                " RETURNING id, message_id, endpoint, channel, attempts, next_attempt_at",
+                (lease, at, at, limit),
+            )
+        )
+        if not claimed:
+            return []
+        claimed.sort(key=lambda r: (r[5], r[0]))
+        ids = sorted({r[1] for r in claimed})
+        bodies: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            bodies.update(
+                self.conn.exec_driver_sql(
+                    f"SELECT id, body FROM messages WHERE id IN ({', '.join('?' * len(part))})",
+                    tuple(part),
+                ).fetchall()
+            )
+        return [
+            OutboxItem(
+                id=r[0],
+                message_id=r[1],
+                endpoint=r[2],
+                channel=r[3],
+                attempts=r[4],
+                body=bodies[r[1]],
+            )
+            for r in claimed
+            if r[1] in bodies
         ]
 
     def release_outbox(self, ids: Sequence[int]) -> None:

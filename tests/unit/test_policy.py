@@ -293,6 +293,16 @@ def test_a_held_out_customer_gets_a_holdout_and_the_others_a_variant() -> None:
     assert decide_now(req, replace(ALICE, customer_id=treated)) == Send(variant="b")
 
 
+def test_an_arm_given_at_an_earlier_step_is_kept_whatever_the_hash_says() -> None:
+    arms = (("a", 1.0), ("b", 1.0))
+    treated = next(c for c in range(100) if assign("cart", c, 0.5, arms) == "b")
+    req = request(holdout=0.5, variants=arms)
+    audience = replace(ALICE, customer_id=treated)
+    assert decide_now(replace(req, arm="holdout"), audience) == Holdout()
+    assert decide_now(replace(req, arm="a"), audience) == Send(variant="a")
+    assert decide_now(req, audience) == Send(variant="b")
+
+
 # -- competition in one tick ------------------------------------------------------------------
 
 
