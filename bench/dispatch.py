@@ -41,6 +41,7 @@ import ctypes
 import io
 import json
 import math
+import multiprocessing
 import os
 import platform
 import pstats
@@ -68,7 +69,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from engine.clock import SystemClock
 from engine.config import Settings, load_settings
-from engine.delivery import Dispatcher
+from engine.delivery import Dispatcher, run_dispatcher_process
 from engine.dispatch import Poster, sign_headers
 from engine.service import Engine, message_id_for
 from engine.store import create_store
@@ -628,6 +629,85 @@ def outbox_run(
     return result
 
 
+def pool_run(
+    root: Path,
+    name: str,
+    receiver: Receiver,
+    secret: str,
+    concurrency: int,
+    processes: int,
+    count: int,
+    synchronous: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """The full outbox path with ``processes`` dispatcher processes (what
+    ``delivery.processes`` gives ``nudge run``), each ``run_dispatcher_process``. The rate is
+    taken over the deliveries themselves (first to last ``delivered_at``), so the children's
+    start-up (imports) is not counted."""
+    engine = outbox_engine(root / name, receiver.url, secret, concurrency, synchronous)
+    setup = fill_outbox(engine, count, f"{name}-{uuid.uuid4().hex[:8]}")
+    settings = engine.settings
+    engine.store.close()
+    before = receiver.stats()
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=run_dispatcher_process, args=(settings,), daemon=True)
+        for _ in range(processes)
+    ]
+    database = root / name / "nudge.db"
+    delivered = 0
+    try:
+        for child in children:
+            child.start()
+        deadline = time.monotonic() + timeout + 10  # + the children's start-up
+        with contextlib.closing(sqlite3.connect(database, timeout=30)) as conn:
+            while delivered < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+                delivered = conn.execute(
+                    "SELECT count(*) FROM outbox WHERE status = 'delivered'"
+                ).fetchone()[0]
+    finally:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        first, last = conn.execute(
+            "SELECT min(delivered_at), max(delivered_at) FROM outbox WHERE status = 'delivered'"
+        ).fetchone()
+        statuses = dict(conn.execute("SELECT status, count(*) FROM outbox GROUP BY status"))
+    span = (
+        (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        if first and last
+        else 0.0
+    )
+    after = receiver.stats()
+    per_s = delivered / span if span > 0 else 0.0
+    result = {
+        "name": name,
+        "concurrency": concurrency,
+        "processes": processes,
+        "messages": count,
+        "setup_s": round(setup, 2),
+        "delivered": delivered,
+        "complete": delivered >= count,
+        "seconds": round(span, 3),
+        "per_s": round(per_s, 1),
+        "outbox_statuses": statuses,
+        "receiver_posts": after["posts"] - before["posts"],
+        "receiver_duplicates": after["duplicates"] - before["duplicates"],
+    }
+    log(
+        f"  outbox c={concurrency:<4} x {processes} processes: {per_s:>8,.0f} deliveries/s "
+        f"({delivered:,}/{count:,} in {span:.2f}s between the first and last delivery; "
+        f"{result['receiver_duplicates']} duplicate webhook-ids)"
+    )
+    return result
+
+
 def store_alone(root: Path, url: str, secret: str, count: int, synchronous: str) -> dict[str, Any]:
     """The dispatcher's store steps with no HTTP: ``Dispatcher._claim`` a batch, mark every row
     delivered with ``Dispatcher._record``, until the outbox is empty; one thread, no loop."""
@@ -980,6 +1060,15 @@ def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": r["per_s"] >= GOAL_DELAYED_PER_S and r["complete"],
                 }
             )
+    for r in result.get("pool", []):
+        rows.append(
+            {
+                "figure": f"outbox deliveries/s, {r['processes']} processes, c={r['concurrency']}",
+                "value": f"{r['per_s']:,.0f}/s" + ("" if r["complete"] else " (timed out)"),
+                "goal": f">= {GOAL_DELIVERIES_PER_S:,}/s",
+                "met": r["per_s"] >= GOAL_DELIVERIES_PER_S and r["complete"],
+            }
+        )
     lat = result.get("latency")
     if lat and lat.get("latency_s"):
         s = lat["latency_s"]
@@ -1235,6 +1324,21 @@ def main(argv: list[str] | None = None) -> int:
                     args.timeout,
                 )
             )
+            log("full outbox path, 2 dispatcher processes (delivery.processes: 2)...")
+            result["pool"] = [
+                pool_run(
+                    tmp,
+                    f"pool{c}",
+                    fast,
+                    secret,
+                    c,
+                    2,
+                    args.messages,
+                    args.synchronous,
+                    args.timeout,
+                )
+                for c in (50, 200)
+            ]
             result["store_alone"] = store_alone(
                 tmp, fast.url, secret, min(args.messages, 4000), args.synchronous
             )

@@ -153,7 +153,7 @@ def _serve(
     """The HTTP server, with (``run``) or without (``serve``) the background work."""
     import uvicorn
 
-    from engine.delivery import DispatcherThread
+    from engine.delivery import DispatcherPool
     from engine.scheduler import EngineScheduler
     from engine.web import create_app
 
@@ -162,7 +162,7 @@ def _serve(
     _logging(settings)
     engine = _engine(settings, rules=True)  # serve: for GET /api/rules and reloads
     scheduler = EngineScheduler(engine) if background else None
-    dispatcher = DispatcherThread(engine) if background else None
+    dispatcher = DispatcherPool(engine) if background else None
     if scheduler is not None and dispatcher is not None:
         if sink is not None:
             _start_sink(settings, sink)
@@ -224,7 +224,7 @@ def worker(
     API."""
     import asyncio
 
-    from engine.delivery import Dispatcher, DispatcherThread
+    from engine.delivery import Dispatcher, DispatcherPool
     from engine.scheduler import EngineScheduler
 
     settings = _settings(config)
@@ -255,7 +255,7 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    dispatcher = DispatcherThread(engine)
+    dispatcher = DispatcherPool(engine)
     scheduler.start()
     dispatcher.start()
     logging.getLogger(__name__).info("worker started")

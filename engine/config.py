@@ -203,7 +203,16 @@ class ChannelSettings(_Section):
 
 
 class DeliverySettings(_Section):
-    concurrency: int = Field(100, ge=1, description="Most webhook requests in flight at once.")
+    concurrency: int = Field(
+        100, ge=1, description="Most webhook requests in flight at once, per dispatcher."
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Dispatchers per `nudge run`/`nudge worker`: one on a thread, the rest "
+        "in child processes (each a core's worth of HTTP).",
+    )
     batch_size: int = Field(200, ge=1, description="Outbox rows claimed per transaction.")
     interval: Duration = Field(
         timedelta(milliseconds=100), description="How often the dispatcher polls the outbox."

@@ -15,6 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from engine.config import Settings
 from engine.dispatch import (
     AttemptResult,
     Breaker,
@@ -37,7 +42,7 @@ from engine.service import Engine
 from engine.store.base import Attempt, OutboxItem
 from engine.store.delivery import DEAD, DELIVERED, FAILED, PENDING
 
-__all__ = ["Dispatcher", "DispatcherThread"]
+__all__ = ["Dispatcher", "DispatcherPool", "DispatcherThread", "run_dispatcher_process"]
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +317,78 @@ class DispatcherThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def run_dispatcher_process(settings: Settings) -> None:
+    """A dispatcher in a process of its own (the target of :class:`DispatcherPool`'s
+    children): its own connection pool, event loop and GIL; stops on SIGTERM or SIGINT after
+    finishing its requests in flight. It polls the outbox every ``delivery.interval`` (the
+    in-process dispatcher is the one woken at once by new rows)."""
+    from engine.clock import SystemClock
+    from engine.store import create_store
+
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    clock = SystemClock()
+    engine = Engine(settings=settings, store=create_store(settings, clock), clock=clock)
+
+    parent = os.getppid()
+
+    async def orphaned(stop: asyncio.Event) -> None:
+        while not stop.is_set():  # the parent died without stopping us (kill -9): stop too
+            if os.getppid() != parent:
+                stop.set()
+            await asyncio.sleep(1)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.create_task(orphaned(stop))
+        await Dispatcher(engine).run(stop, threading.Event())
+        watch.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.store.close()
+
+
+class DispatcherPool:
+    """``delivery.processes`` dispatchers: one on a thread of this process, the others in
+    child processes (spawned: nothing of this process's state is shared but the database).
+    One event loop delivers about a core's worth of webhooks; more processes use more cores.
+    Claims are leases on the outbox rows, so dispatchers never share a delivery."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.thread = DispatcherThread(engine)
+        self.children: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self) -> None:
+        self.thread.start()
+        context = multiprocessing.get_context("spawn")
+        for n in range(self.engine.settings.delivery.processes - 1):
+            child = context.Process(
+                target=run_dispatcher_process,
+                args=(self.engine.settings,),
+                name=f"nudge-dispatcher-{n + 1}",
+                daemon=True,
+            )
+            child.start()
+            self.children.append(child)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop every dispatcher; each finishes and records its requests in flight."""
+        for child in self.children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        self.thread.stop(timeout)
+        for child in self.children:
+            child.join(timeout)
+            if child.is_alive():
+                child.kill()
+        self.children = []

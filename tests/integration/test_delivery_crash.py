@@ -9,6 +9,7 @@ receiver's log is checked: every message arrived, each message id under exactly 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 from collections import defaultdict
@@ -158,3 +159,68 @@ def test_a_dispatcher_killed_mid_batch_loses_nothing_and_resends_under_the_same_
     duplicates = len(receiver.hits) - CUSTOMERS
     assert duplicates >= 1, "what was in flight at the kill is sent again (same id)"
     assert hits_at_kill <= len(receiver.hits)
+
+
+def _children(pid: int) -> set[int]:
+    """The PIDs of ``pid``'s child processes (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.slow
+def test_two_dispatcher_processes_share_the_outbox_and_stop_with_the_worker(
+    make_shop: Callable[..., Shop], receiver: Receiver, tmp_path: Path
+) -> None:
+    shop = make_shop(
+        datetime.now(UTC) - timedelta(seconds=5),
+        rules={"ping.yaml": one_step_rule("ping")},
+        templates={"ping.email.j2": EMAIL_TEMPLATE},
+    )
+    users = [f"p{n:03d}" for n in range(CUSTOMERS)]
+    for user in users:
+        shop.identify({"email": f"{user}@example.com"}, user=user)
+        shop.track("Ping", {"n": 1}, user=user)
+    config = tmp_path / "worker.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database_url": shop.settings.database_url,
+                "sqlite_synchronous": "normal",
+                "rules_dir": str(tmp_path / "rules"),
+                "templates_dir": str(tmp_path / "templates"),
+                "link_secret": LINK_SECRET,
+                "log_level": "WARNING",
+                "channels": channels(email=endpoint(f"{receiver.url}/slow", timeout="900ms")),
+                "delivery": {
+                    "processes": 2,
+                    "lease": "2s",
+                    "concurrency": CONCURRENCY,
+                    "batch_size": CONCURRENCY,
+                    "interval": "50ms",
+                },
+            }
+        )
+    )
+    receiver.default = Answer(delay=0.05)
+    log = tmp_path / "worker.log"
+    with worker(config, log) as proc:
+        wait_for(lambda: len(_children(proc.pid)) >= 1, f"the child dispatcher ({tail(log)})", 30)
+        children = _children(proc.pid)
+        wait_for(
+            lambda: shop.count("outbox", "status = 'delivered'") == CUSTOMERS,
+            f"every message delivered (log: {tail(log)})",
+            deadline=30,
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, tail(log)
+    for child in children:  # stopped with the worker, not orphaned
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        )
+    ids = [h.webhook_id for h in receiver.hits]
+    assert len(ids) == len(set(ids)) == CUSTOMERS, "each message posted once, by one dispatcher"
+    assert {h.json["id"] for h in receiver.hits} == set(ids)
