@@ -56,7 +56,6 @@ from engine.policy import (
     QuietHours,
     Request,
     Send,
-    SentMessage,
     Skip,
     decide_many,
 )
@@ -569,9 +568,6 @@ def _decide(
                     finish(item, "sent", None, verdict.variant)
                 else:  # a channel without endpoints is a dry run: all but the POST
                     finish(item, "would_send", "no endpoint configured (dry run)", verdict.variant)
-                history.setdefault(customer_id, []).append(
-                    SentMessage(rule_id=item.rule.id, channel=request.channel, at=now)
-                )
     return unit.write_messages(messages, endpoints)
 
 
