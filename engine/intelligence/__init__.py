@@ -1,0 +1,1 @@
+"""Customer intelligence: pure, vectorised computations over the shop's own history."""
