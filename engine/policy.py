@@ -37,7 +37,7 @@ history before the next decision, so a tick can never exceed a cap.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Literal
@@ -375,18 +375,22 @@ def decide_many(
     history: Sequence[SentMessage],
     policy: Policy,
     now: datetime,
+    *,
+    sent: Callable[[Request, Send], bool] | None = None,
 ) -> list[tuple[Request, Outcome]]:
     """Decide several requests of one customer in one tick, competing for capped slots.
 
     Higher ``priority`` first, ties by ``(rule_id, step)``; returned in that order. Each
-    :class:`Send` counts against the caps of the requests after it.
+    :class:`Send` counts against the caps of the requests after it — unless ``sent`` (called
+    for each Send, in order) says the message did not go out after all (it failed to render),
+    in which case its slot stays free for the next request.
     """
     now = _aware(now)
-    sent = list(history)
+    taken = list(history)
     results: list[tuple[Request, Outcome]] = []
     for request in sorted(requests, key=lambda r: (-r.priority, r.rule_id, r.step)):
-        outcome = decide(request, audience, sent, policy, now)
-        if isinstance(outcome, Send):
-            sent.append(SentMessage(rule_id=request.rule_id, channel=request.channel, at=now))
+        outcome = decide(request, audience, taken, policy, now)
+        if isinstance(outcome, Send) and (sent is None or sent(request, outcome)):
+            taken.append(SentMessage(rule_id=request.rule_id, channel=request.channel, at=now))
         results.append((request, outcome))
     return results

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -535,8 +536,14 @@ def _decide(
         )
         pairs = [(_request(item), item) for item in items]
         lookup = {id(r): item for r, item in pairs}  # decide_many hands the same objects back
+        rendered: dict[int, dict[str, Any] | str] = {}
         decided = decide_many(
-            [r for r, _ in pairs], audience, history.get(customer_id, []), engine.policy, now
+            [r for r, _ in pairs],
+            audience,
+            history.get(customer_id, []),
+            engine.policy,
+            now,
+            sent=_renderer_for(engine, renderer, signer, lookup, customer, now, rendered),
         )
         for request, verdict in decided:
             item = lookup[id(request)]
@@ -559,7 +566,7 @@ def _decide(
                     )
                 )
             elif isinstance(verdict, Send):
-                message = _render(engine, renderer, signer, item, customer, verdict.variant, now)
+                message = rendered[id(request)]
                 if isinstance(message, str):
                     finish(item, "failed", message, verdict.variant)
                     continue
@@ -569,6 +576,27 @@ def _decide(
                 else:  # a channel without endpoints is a dry run: all but the POST
                     finish(item, "would_send", "no endpoint configured (dry run)", verdict.variant)
     return unit.write_messages(messages, endpoints)
+
+
+def _renderer_for(
+    engine: Engine,
+    renderer: Renderer,
+    signer: LinkSigner,
+    lookup: dict[int, _Ready],
+    customer: CustomerFacts,
+    now: datetime,
+    rendered: dict[int, dict[str, Any] | str],
+) -> Callable[[Request, Send], bool]:
+    """Renders each send as the policy decides it (into ``rendered``): a message that fails
+    to render does not take a capped slot from the requests after it."""
+
+    def render(request: Request, verdict: Send) -> bool:
+        item = lookup[id(request)]
+        message = _render(engine, renderer, signer, item, customer, verdict.variant, now)
+        rendered[id(request)] = message
+        return not isinstance(message, str)
+
+    return render
 
 
 def _phone(customer: CustomerFacts) -> str | None:

@@ -314,6 +314,21 @@ def test_the_higher_priority_rule_wins_a_contested_slot() -> None:
     assert results == [(high, Send(variant=None)), (low, Skip(reason="cap email 1/16h"))]
 
 
+def test_a_send_that_does_not_go_out_leaves_its_slot_to_the_next_request() -> None:
+    policy = Policy(caps=(EMAIL_1_16H,))
+    low = request("newsletter", priority=10)
+    high = request("cart", priority=90)
+    asked: list[str] = []
+
+    def broken_cart(r: Request, _: Send) -> bool:
+        asked.append(r.rule_id)
+        return r.rule_id != "cart"  # the cart message failed to render
+
+    results = decide_many([low, high], ALICE, (), policy, NOW, sent=broken_cart)
+    assert results == [(high, Send(variant=None)), (low, Send(variant=None))]
+    assert asked == ["cart", "newsletter"]
+
+
 def test_a_priority_tie_breaks_by_rule_id_then_step_whatever_the_input_order() -> None:
     policy = Policy(caps=(EMAIL_1_16H,))
     a1, a0, b0 = request("alpha", step=1), request("alpha", step=0), request("beta")
