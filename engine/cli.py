@@ -30,10 +30,12 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 customers_app = typer.Typer(no_args_is_help=True, help="Customer profiles.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Local development secrets.")
 deliveries_app = typer.Typer(no_args_is_help=True, help="The outbox: deliveries and dead letters.")
+intelligence_app = typer.Typer(no_args_is_help=True, help="RFM, habits and predictions.")
 app.add_typer(db_app, name="db")
 app.add_typer(customers_app, name="customers")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(intelligence_app, name="intelligence")
 
 ConfigOption = Annotated[
     Path | None,
@@ -724,6 +726,42 @@ def deliveries_enable(
         unit.set_endpoint_disabled(url, None)
     engine.store.close()
     console.print(f"{url} enabled")
+
+
+@intelligence_app.command("fit")
+def intelligence_fit(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recompute RFM, lapsing, habits and predictions for every buyer now, and print the
+    fitted models (BG/NBD, Gamma-Gamma) with the fit date."""
+    from engine.service import recompute_intelligence
+
+    engine = _engine(_settings(config))
+    models = recompute_intelligence(engine)
+    engine.store.close()
+    if as_json:
+        typer.echo(json.dumps(models, indent=2, default=str))
+        return
+    console.print(
+        f"{models.get('buyers', 0)} buyers, computed at {models.get('computed_at')}",
+        highlight=False,
+    )
+    rfm = models.get("rfm") or {}
+    if rfm:
+        console.print(
+            f"RFM: {rfm['method']} over {rfm['window_days']} days ({rfm['buyers']} buyers)",
+            highlight=False,
+        )
+    for name in ("bgnbd", "gamma_gamma"):
+        fitted = models.get(name) or {}
+        if "error" in fitted:
+            console.print(f"{name}: not fitted: {fitted['error']}", highlight=False)
+        elif fitted:
+            params = ", ".join(
+                f"{k} = {v:.4g}" for k, v in fitted.items() if k not in ("customers",)
+            )
+            console.print(f"{name}: {params} ({fitted['customers']} customers)", highlight=False)
 
 
 @app.command()

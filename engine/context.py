@@ -12,6 +12,9 @@ __all__ = ["CustomerFacts", "TriggerFacts", "Values", "refresh_stats", "values_f
 
 Values = Callable[[tuple[str, ...]], Any]
 
+_INTEL = frozenset({"rfm", "habits", "predicted", "segments"})  # customer.<these>
+_INTEL_STATS = frozenset({"lapse_ratio"})  # customer.stats.<these>, from intel too
+
 
 @dataclass(frozen=True, kw_only=True)
 class CustomerFacts:
@@ -26,6 +29,8 @@ class CustomerFacts:
     consent: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     event_counts: dict[str, int] = field(default_factory=dict)
+    #: RFM, lapsing, habits, predictions (engine/intelligence; empty until computed).
+    intel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def display_id(self) -> str:
@@ -123,7 +128,14 @@ def values_for(
             return customer.traits.get(path[2]) if len(path) > 2 else customer.traits
         if part == "consent":
             return customer.consent.get(path[2])
+        if part in _INTEL:
+            found = customer.intel.get(part)
+            if len(path) == 2:
+                return found if found is not None or part != "segments" else []
+            return found.get(path[2]) if isinstance(found, dict) else None
         if part == "stats":
+            if path[2] in _INTEL_STATS:
+                return customer.intel.get(path[2])
             if path[2] == "event_counts":
                 counts = customer.event_counts
                 return counts.get(path[3], 0) if len(path) > 3 else counts

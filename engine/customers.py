@@ -118,6 +118,8 @@ class Profile:
     orders: dict[str, OrderState] = field(default_factory=dict)
     checkouts: dict[str, CheckoutState] = field(default_factory=dict)
     created_at: datetime | None = None
+    #: The bulk-computed intelligence (RFM, habits, predictions), read-only here.
+    intel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def anonymous_id(self) -> str | None:

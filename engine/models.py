@@ -128,6 +128,8 @@ class Customer(SQLModel, table=True):
     consent: dict[str, Any] = _json_col()
     stats: dict[str, Any] = _json_col()
     event_counts: dict[str, Any] = _json_col()
+    #: RFM, lapsing, habits and predictions, recomputed in bulk (engine/intelligence).
+    intel: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(_json(), nullable=True))
     first_seen_at: datetime | None = _ts(nullable=True)
     last_seen_at: datetime | None = _ts(nullable=True)
     orders_count: int = Field(default=0)

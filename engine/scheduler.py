@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine.service import Engine, fire_due_until_idle, process_until_idle, run_schedules
+from engine.service import (
+    Engine,
+    fire_due_until_idle,
+    process_until_idle,
+    recompute_intelligence,
+    run_schedules,
+)
 
 __all__ = ["EngineScheduler"]
 
@@ -25,7 +31,9 @@ class EngineScheduler:
     """Runs the engine's periodic work on background threads.
 
     Jobs: ``process-events`` (profiles and journey triggers/exits), ``fire-due-steps``
-    (journey steps whose time has come), ``run-schedules`` (cron-triggered rules).
+    (journey steps whose time has come), ``run-schedules`` (cron-triggered rules), and
+    hourly ``recompute-intelligence`` (RFM, habits, predictions; not part of
+    :meth:`run_pending`, which drives the per-tick jobs).
     """
 
     def __init__(self, engine: Engine, *, max_batches_per_tick: int = 50) -> None:
@@ -56,6 +64,17 @@ class EngineScheduler:
                 misfire_grace_time=None,
             )
 
+        # RFM, habits and predictions for the whole shop: hourly, and once soon after start.
+        self._scheduler.add_job(
+            self._guard("recompute-intelligence", self.recompute_intelligence),
+            IntervalTrigger(hours=1),
+            id="recompute-intelligence",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC) + timedelta(minutes=1),
+        )
+
     @staticmethod
     def _guard(job_id: str, func: Callable[[], int]) -> Callable[[], int]:
         def run() -> int:
@@ -75,6 +94,9 @@ class EngineScheduler:
 
     def fire_due_steps(self) -> int:
         return fire_due_until_idle(self.engine, max_batches=self.max_batches)
+
+    def recompute_intelligence(self) -> int:
+        return int(recompute_intelligence(self.engine).get("buyers", 0))
 
     def run_pending(self) -> dict[str, int]:
         """Run every job once, in order, on this thread (what the ticks do; for tests,

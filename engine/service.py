@@ -31,6 +31,7 @@ from engine.customers import (
 )
 from engine.durations import format_duration
 from engine.errors import RenderError
+from engine.intelligence.bulk import compute as compute_intelligence
 from engine.journeys import (
     Decision,
     EventView,
@@ -73,6 +74,7 @@ __all__ = [
     "fire_due_until_idle",
     "process_events_once",
     "process_until_idle",
+    "recompute_intelligence",
     "run_schedules",
 ]
 
@@ -221,6 +223,7 @@ def _facts(
         consent=profile.consent,
         stats=stats,
         event_counts=profile.event_counts,
+        intel=profile.intel,
     )
 
 
@@ -744,6 +747,21 @@ def run_schedules(engine: Engine, *, batch: int = 5000) -> int:
     return started
 
 
+def recompute_intelligence(engine: Engine) -> dict[str, Any]:
+    """RFM, lapsing, habits and predictions for every buyer, in bulk (the hourly job and
+    ``nudge intelligence fit``); the fitted models are kept in ``engine_state`` and
+    returned."""
+    settings = engine.settings
+    with engine.store.unit() as unit:
+        buyers = unit.buyers(settings.default_timezone)
+    now = engine.clock.now()
+    result = compute_intelligence(buyers, now)
+    with engine.store.unit() as unit:
+        unit.write_intel(result.per_customer)
+        unit.set_state("intelligence:models", result.models)
+    return result.models
+
+
 def customer_profile(engine: Engine, ref: str, *, events: int = 20) -> dict[str, Any] | None:
     """The unified profile of the customer ``ref`` names (id, userId, anonymousId, email),
     with statistics recomputed as of now, journeys and decisions; ``None`` if unknown."""
@@ -762,6 +780,7 @@ def customer_profile(engine: Engine, ref: str, *, events: int = 20) -> dict[str,
         "traits": profile.traits,
         "consent": profile.consent,
         "stats": _stats(engine, profile),
+        "intelligence": profile.intel,
         "event_counts": dict(sorted(profile.event_counts.items())),
         "orders": [
             {

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Outcome, Profile, World
+from engine.intelligence.bulk import Buyer
 from engine.journeys import Ident, Journey, JourneyOutcome
 from engine.policy import SentMessage
 
@@ -113,6 +114,10 @@ class Unit(Protocol):
     def get_state(self, key: str) -> dict[str, Any] | None: ...
 
     def lock_customers(self, ids: Sequence[int]) -> None: ...
+
+    def buyers(self, default_timezone: str) -> list[Buyer]: ...
+
+    def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None: ...
 
     def sent_messages(
         self, customer_ids: Sequence[int], since: datetime

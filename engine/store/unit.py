@@ -32,6 +32,7 @@ from engine.customers import (
     World,
     contact_email,
 )
+from engine.intelligence.bulk import Buyer
 from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome, evolve
 from engine.models import (
     EVENT_DONE,
@@ -233,6 +234,7 @@ def load_profiles(conn: Connection, ids: Sequence[int]) -> dict[int, Profile]:
                 last_seen_at=r.last_seen_at,
                 context_timezone=r.device_timezone,
                 created_at=r.created_at,
+                intel=dict(r.intel or {}),
             )
         for r in conn.execute(
             sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.customer_id).where(
@@ -514,6 +516,41 @@ class SqlUnit(DeliveryMixin):
             )
         )
 
+    # -- intelligence ---------------------------------------------------------------------------
+
+    def buyers(self, default_timezone: str) -> list[Buyer]:
+        """Every customer with an order (not cancelled): orders oldest first, value net of
+        refunds, and the customer's zone."""
+        query = (
+            sa.select(
+                ORDERS.c.customer_id,
+                ORDERS.c.placed_at,
+                ORDERS.c.revenue,
+                ORDERS.c.refunded,
+                CUSTOMERS.c.timezone,
+            )
+            .join(CUSTOMERS, CUSTOMERS.c.id == ORDERS.c.customer_id)
+            .where(
+                ORDERS.c.cancelled.is_(False),
+                ORDERS.c.placed_at.is_not(None),
+                CUSTOMERS.c.merged_into.is_(None),
+            )
+            .order_by(ORDERS.c.customer_id, ORDERS.c.placed_at)
+        )
+        orders: dict[int, list[tuple[datetime, float]]] = {}
+        zones: dict[int, str] = {}
+        for r in self.conn.execute(query):
+            orders.setdefault(r.customer_id, []).append(
+                (r.placed_at, max(0.0, float(r.revenue or 0) - float(r.refunded or 0)))
+            )
+            zones[r.customer_id] = r.timezone or default_timezone
+        return [Buyer(customer_id=c, zone=zones[c], orders=o) for c, o in orders.items()]
+
+    def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None:
+        rows = [{"id": cid, "intel": doc} for cid, doc in sorted(per_customer.items())]
+        for start in range(0, len(rows), 1000):
+            bulk_update(self.conn, self.dialect, CUSTOMERS, rows[start : start + 1000], key="id")
+
     # -- rule context -------------------------------------------------------------------------
 
     def customer_facts(self, ids: Sequence[int], default_timezone: str) -> dict[int, CustomerFacts]:
@@ -528,6 +565,7 @@ class SqlUnit(DeliveryMixin):
             CUSTOMERS.c.consent,
             CUSTOMERS.c.stats,
             CUSTOMERS.c.event_counts,
+            CUSTOMERS.c.intel,
         )
         for chunk in chunks(sorted(set(ids))):
             for r in self.conn.execute(sa.select(*columns).where(CUSTOMERS.c.id.in_(chunk))):
@@ -771,6 +809,7 @@ class SqlUnit(DeliveryMixin):
                 CUSTOMERS.c.consent,
                 CUSTOMERS.c.stats,
                 CUSTOMERS.c.event_counts,
+                CUSTOMERS.c.intel,
             )
             .where(CUSTOMERS.c.merged_into.is_(None), CUSTOMERS.c.id > after_id)
             .order_by(CUSTOMERS.c.id)
@@ -807,6 +846,7 @@ def _facts(r: Any, default_timezone: str) -> CustomerFacts:
         consent=dict(r.consent or {}),
         stats=dict(r.stats or {}),
         event_counts=dict(r.event_counts or {}),
+        intel=dict(r.intel or {}),
     )
 
 
