@@ -747,6 +747,8 @@ def intelligence_fit(
         f"{models.get('buyers', 0)} buyers, computed at {models.get('computed_at')}",
         highlight=False,
     )
+    if models.get("note"):
+        console.print(f"[yellow]{models['note']}[/yellow]", highlight=False)
     rfm = models.get("rfm") or {}
     if rfm:
         console.print(

@@ -89,6 +89,11 @@ def compute(
         "rfm": {"method": rfm.method, "window_days": window.days, "buyers": int(idx.size)},
         "shop_median_days_between_orders": shop_interval,
     }
+    if len(buyers) < min_buyers:
+        models["note"] = (
+            f"only {len(buyers)} buyers (< {min_buyers}): RFM uses fixed cut-offs and the "
+            "predictions rest on little data"
+        )
     x, t_x, big_t = count - 1, last - first, today - first
     alive: Any = None
     expected: Any = None
