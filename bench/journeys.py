@@ -132,8 +132,10 @@ def make_engine(root: Path, name: str, rules: int, mix: str = "realistic") -> En
     templates_dir.mkdir(exist_ok=True)
     for file, text in TEMPLATES.items():
         (templates_dir / file).write_text(text)
+    config = root / "bench-config.yaml"  # not ./config.yaml: its secrets need `make run`
+    config.write_text("{}\n")
     settings = load_settings(
-        None,
+        config,
         database_url=f"sqlite:///{root}/{name}.db",
         rules_dir=str(rules_dir),
         templates_dir=str(templates_dir),

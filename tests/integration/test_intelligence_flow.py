@@ -32,8 +32,10 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, dict[str, st
     root: Path = tmp_path_factory.mktemp("intel")
     (root / "rules").mkdir()
     (root / "templates").mkdir()
+    config = root / "config.yaml"  # not the repository's (its secrets are not in a clone)
+    config.write_text("{}\n")
     settings = load_settings(
-        None,
+        config,
         database_url=f"sqlite:///{root / 'shop.db'}",
         rules_dir=str(root / "rules"),
         templates_dir=str(root / "templates"),
