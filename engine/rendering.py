@@ -589,8 +589,16 @@ def template_context(
             "traits": customer.traits,
             "consent": customer.consent,
             "timezone": customer.timezone,
-            "stats": refresh_stats(customer.stats, now, abandoned_after),
+            "stats": {
+                **refresh_stats(customer.stats, now, abandoned_after),
+                "lapse_ratio": customer.intel.get("lapse_ratio"),
+            },
             "event_counts": customer.event_counts,
+            # engine/intelligence, as rules see them (empty until first computed)
+            "rfm": customer.intel.get("rfm") or {},
+            "habits": customer.intel.get("habits") or {},
+            "predicted": customer.intel.get("predicted") or {},
+            "segments": customer.intel.get("segments") or [],
         },
         "event": None
         if event is None

@@ -3,8 +3,12 @@ customers, in their profile, and in what rules can test."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+import shutil
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -19,12 +23,15 @@ from engine.service import (
     Engine,
     customer_facts_for,
     customer_profile,
+    fire_due_until_idle,
     process_until_idle,
     recompute_intelligence,
+    run_schedules,
 )
 from engine.store import create_store
 
 NOW = datetime(2026, 6, 2, 12, tzinfo=UTC)
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +105,63 @@ def test_rules_can_test_segments_habits_and_predictions(
     assert segment.evaluate(values) is True
     lapsing = compile_expression("'lapsing' in customer.segments", scope=Scope.CUSTOMER)
     assert lapsing.evaluate(values) in (True, False)
+
+
+def _next_local(weekday: int, hour: int, zone: str, after: datetime) -> datetime:
+    """The next ``weekday`` (Monday 0) at ``hour``:01 local in ``zone`` after ``after``, UTC."""
+    tz = ZoneInfo(zone)
+    local = after.astimezone(tz)
+    day = local.date() + timedelta(days=(weekday - local.weekday()) % 7)
+    when = datetime(day.year, day.month, day.day, hour, 1, tzinfo=tz)
+    if when <= local:
+        when += timedelta(days=7)
+    return when.astimezone(UTC)
+
+
+def test_the_tuesday_and_friday_rules_reach_each_habit_on_its_own_morning(
+    shop: tuple[Engine, dict[str, str]],
+) -> None:
+    engine, examples = shop
+    rules_dir, templates_dir = engine.settings.rules_dir, engine.settings.templates_dir
+    for rule in ("tuesday_family", "friday_friends"):
+        shutil.copy(PROJECT / "rules" / f"{rule}.yaml", rules_dir)
+        shutil.copy(PROJECT / "templates" / f"{rule}.email.j2", templates_dir)
+    assert engine.rules.reload().problems == ()
+    recompute_intelligence(engine)
+    database = engine.settings.database_url.removeprefix("sqlite:///")
+
+    def messaged(rule: str) -> set[int]:
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    "SELECT customer_id FROM decisions WHERE rule_id = ? AND step = 0"
+                    " AND outcome IN ('sent', 'would_send')",
+                    (rule,),
+                )
+            }
+
+    ids = {}
+    for label in ("Tuesday family shopper", "Friday friends shopper"):
+        found = engine.store.find_customer(examples[label])
+        assert found is not None
+        facts = customer_facts_for(engine, found)
+        assert facts is not None
+        ids[label] = (found, facts.timezone)
+    tuesday, tuesday_zone = ids["Tuesday family shopper"]
+    friday, friday_zone = ids["Friday friends shopper"]
+    try:
+        clock = engine.clock
+        assert isinstance(clock, SimulatedClock)
+        clock.set(_next_local(1, 9, tuesday_zone, NOW))
+        run_schedules(engine)
+        fire_due_until_idle(engine)
+        assert tuesday in messaged("tuesday-family")
+        assert friday not in messaged("tuesday-family")
+        clock.set(_next_local(4, 9, friday_zone, clock.now()))
+        run_schedules(engine)
+        fire_due_until_idle(engine)
+        assert friday in messaged("friday-friends")
+        assert tuesday not in messaged("friday-friends")
+    finally:
+        engine.clock.set(NOW)  # type: ignore[attr-defined]

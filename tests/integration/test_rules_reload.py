@@ -37,7 +37,14 @@ from engine.service import customer_profile
 from engine.store import create_store
 
 DEADLINE = 30.0  # seconds, for each wait on a subprocess
-SAMPLE_IDS = {"abandoned-checkout", "browse-abandonment", "post-purchase", "welcome-series"}
+SAMPLE_IDS = {
+    "abandoned-checkout",
+    "browse-abandonment",
+    "post-purchase",
+    "welcome-series",
+    "tuesday-family",
+    "friday-friends",
+}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 BROKEN_KEY = """\

@@ -76,7 +76,7 @@ def test_the_sample_rules_validate_with_exit_code_0(tmp_path: Path) -> None:
     result = validate(ROOT / "rules", "--templates", ROOT / "templates", cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 rule(s) valid, 0 error(s), 0 warning(s)" in result.stdout
+    assert "6 rule(s) valid, 0 error(s), 0 warning(s)" in result.stdout
 
 
 def test_a_good_folder_exits_0_and_a_broken_one_exits_1(tmp_path: Path) -> None:

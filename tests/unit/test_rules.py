@@ -57,6 +57,8 @@ def test_the_sample_rules_load_without_problems_against_the_sample_templates() -
         "browse-abandonment",
         "post-purchase",
         "welcome-series",
+        "tuesday-family",
+        "friday-friends",
     }
 
 
