@@ -12,7 +12,7 @@ __all__ = ["CustomerFacts", "TriggerFacts", "Values", "refresh_stats", "values_f
 
 Values = Callable[[tuple[str, ...]], Any]
 
-_INTEL = frozenset({"rfm", "habits", "predicted", "segments"})  # customer.<these>
+_INTEL = frozenset({"rfm", "habits", "predicted", "segments", "preferences"})  # customer.<these>
 _INTEL_STATS = frozenset({"lapse_ratio"})  # customer.stats.<these>, from intel too
 
 

@@ -177,6 +177,14 @@ SCHEMA: dict[str, Any] = {
         "segments": DataType.ARRAY(_S),
         "rfm": {"r": _NF, "f": _NF, "m": _NF, "score": _NS, "segment": _NS},
         "habits": {"top_weekday": _NS, "top_weekday_share": _NF},
+        "preferences": {
+            "top_category": _NS,
+            "top_categories": DataType.ARRAY(_S),
+            "top_brand": _NS,
+            "top_brands": DataType.ARRAY(_S),
+            "price_band": _NS,
+            "buys_on_discount": _NB,
+        },
         "predicted": {
             "p_alive": _NF,
             "expected_orders_30d": _NF,

@@ -599,6 +599,7 @@ def template_context(
             "habits": customer.intel.get("habits") or {},
             "predicted": customer.intel.get("predicted") or {},
             "segments": customer.intel.get("segments") or [],
+            "preferences": customer.intel.get("preferences") or {},
         },
         "event": None
         if event is None

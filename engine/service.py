@@ -32,6 +32,7 @@ from engine.customers import (
 from engine.durations import format_duration
 from engine.errors import RenderError
 from engine.intelligence.bulk import compute as compute_intelligence
+from engine.intelligence.preferences import preferences, price_cuts
 from engine.journeys import (
     Decision,
     EventView,
@@ -79,6 +80,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Views and searches that count towards a customer's preferences.
+_PREFERENCE_WINDOW = timedelta(days=180)
 
 #: How long a journey whose rule is not loaded (its file has errors) waits before a retry.
 _RULE_RETRY = timedelta(minutes=5)
@@ -752,14 +756,27 @@ def recompute_intelligence(engine: Engine) -> dict[str, Any]:
     ``nudge intelligence fit``); the fitted models are kept in ``engine_state`` and
     returned."""
     settings = engine.settings
+    now = engine.clock.now()
     with engine.store.unit() as unit:
         buyers = unit.buyers(settings.default_timezone)
-    now = engine.clock.now()
+        interactions, discounts = unit.interactions(now - _PREFERENCE_WINDOW)
     result = compute_intelligence(buyers, now)
+    per_customer = dict(result.per_customer)
+    cuts = price_cuts(i.price for items in interactions.values() for i in items if i.price)
+    for customer_id, items in interactions.items():
+        doc = per_customer.setdefault(customer_id, {"computed_at": now.isoformat(), "segments": []})
+        doc["preferences"] = preferences(
+            items, now, cuts=cuts, orders_with_discount=discounts.get(customer_id, (0, 0))
+        )
+    models = {
+        **result.models,
+        "price_cuts": list(cuts) if cuts is not None else None,
+        "customers": len(per_customer),
+    }
     with engine.store.unit() as unit:
-        unit.write_intel(result.per_customer)
-        unit.set_state("intelligence:models", result.models)
-    return result.models
+        unit.write_intel(per_customer)
+        unit.set_state("intelligence:models", models)
+    return models
 
 
 def customer_profile(engine: Engine, ref: str, *, events: int = 20) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from engine.context import CustomerFacts, TriggerFacts
 from engine.customers import EventIn, Outcome, Profile, World
 from engine.intelligence.bulk import Buyer
+from engine.intelligence.preferences import Interaction
 from engine.journeys import Ident, Journey, JourneyOutcome
 from engine.policy import SentMessage
 
@@ -116,6 +117,10 @@ class Unit(Protocol):
     def lock_customers(self, ids: Sequence[int]) -> None: ...
 
     def buyers(self, default_timezone: str) -> list[Buyer]: ...
+
+    def interactions(
+        self, since: datetime
+    ) -> tuple[dict[int, list[Interaction]], dict[int, tuple[int, int]]]: ...
 
     def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None: ...
 

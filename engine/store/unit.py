@@ -33,6 +33,7 @@ from engine.customers import (
     contact_email,
 )
 from engine.intelligence.bulk import Buyer
+from engine.intelligence.preferences import Interaction
 from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome, evolve
 from engine.models import (
     EVENT_DONE,
@@ -546,6 +547,52 @@ class SqlUnit(DeliveryMixin):
             zones[r.customer_id] = r.timezone or default_timezone
         return [Buyer(customer_id=c, zone=zones[c], orders=o) for c, o in orders.items()]
 
+    def interactions(
+        self, since: datetime
+    ) -> tuple[dict[int, list[Interaction]], dict[int, tuple[int, int]]]:
+        """Per customer: the products they ordered (any time) and viewed or searched for
+        (since ``since``), and (orders with a discount or coupon, orders)."""
+        out: dict[int, list[Interaction]] = {}
+        discounts: dict[int, tuple[int, int]] = {}
+        query = (
+            sa.select(
+                ORDERS.c.customer_id,
+                ORDERS.c.placed_at,
+                ORDERS.c.products,
+                ORDERS.c.discount,
+                ORDERS.c.coupon,
+            )
+            .join(CUSTOMERS, CUSTOMERS.c.id == ORDERS.c.customer_id)
+            .where(
+                ORDERS.c.cancelled.is_(False),
+                ORDERS.c.placed_at.is_not(None),
+                CUSTOMERS.c.merged_into.is_(None),
+            )
+        )
+        for order in self.conn.execute(query):
+            mine = out.setdefault(order.customer_id, [])
+            for product in order.products or []:
+                if isinstance(product, dict):
+                    mine.append(_interaction("order", order.placed_at, product))
+            done, total = discounts.get(order.customer_id, (0, 0))
+            discounted = bool((order.discount or 0) > 0 or order.coupon)
+            discounts[order.customer_id] = (done + discounted, total + 1)
+        views = sa.select(
+            EVENTS.c.customer_id, EVENTS.c.timestamp, EVENTS.c.name, EVENTS.c.payload
+        ).where(
+            EVENTS.c.name.in_(["Product Viewed", "Products Searched"]),
+            EVENTS.c.timestamp >= since,
+            EVENTS.c.customer_id.is_not(None),
+        )
+        for event in self.conn.execute(views):
+            props = (event.payload or {}).get("properties")
+            if isinstance(props, dict):
+                kind = "view" if event.name == "Product Viewed" else "search"
+                out.setdefault(event.customer_id, []).append(
+                    _interaction(kind, event.timestamp, props)
+                )
+        return out, discounts
+
     def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None:
         rows = [{"id": cid, "intel": doc} for cid, doc in sorted(per_customer.items())]
         for start in range(0, len(rows), 1000):
@@ -833,6 +880,19 @@ class SqlUnit(DeliveryMixin):
 
     def set_state(self, key: str, value: dict[str, Any]) -> None:
         self._upsert(STATE, [{"key": key, "value": value, "updated_at": self.clock.now()}], ["key"])
+
+
+def _interaction(kind: str, at: datetime, product: dict[str, Any]) -> Interaction:
+    price = product.get("price")
+    return Interaction(
+        at=at,
+        kind=kind,
+        category=product.get("category") if isinstance(product.get("category"), str) else None,
+        brand=product.get("brand") if isinstance(product.get("brand"), str) else None,
+        price=float(price)
+        if isinstance(price, int | float) and not isinstance(price, bool)
+        else None,
+    )
 
 
 def _facts(r: Any, default_timezone: str) -> CustomerFacts:

@@ -196,7 +196,9 @@ def test_two_dispatcher_processes_share_the_outbox_and_stop_with_the_worker(
                 "channels": channels(email=endpoint(f"{receiver.url}/slow", timeout="900ms")),
                 "delivery": {
                     "processes": 2,
-                    "lease": "2s",
+                    # Roomy: a claimed row waits in its dispatcher's queue under the lease too,
+                    # and a slow CI machine must not see a lease run out (a legitimate resend).
+                    "lease": "10s",
                     "concurrency": CONCURRENCY,
                     "batch_size": CONCURRENCY,
                     "interval": "50ms",
@@ -223,4 +225,4 @@ def test_two_dispatcher_processes_share_the_outbox_and_stop_with_the_worker(
         )
     ids = [h.webhook_id for h in receiver.hits]
     assert len(ids) == len(set(ids)) == CUSTOMERS, "each message posted once, by one dispatcher"
-    assert {h.json["id"] for h in receiver.hits} == set(ids)
+    assert all(h.json["id"] == h.webhook_id for h in receiver.hits)

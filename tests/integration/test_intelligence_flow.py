@@ -83,6 +83,9 @@ def test_every_buyer_gets_a_segment_and_predictions(shop: tuple[Engine, dict[str
     assert 0 <= intel["predicted"]["p_alive"] <= 1
     assert intel["predicted"]["clv_365d"] >= 0
     assert intel["habits"]["top_weekday"] == "tuesday"
+    # The demo's Tuesday family shoppers buy and browse basics (engine/demo.py).
+    assert intel["preferences"]["top_category"] in {"Pantry", "Snacks", "Coffee", "Tea", "Home"}
+    assert intel["preferences"]["price_band"] in {"budget", "mid", "premium"}
 
 
 def test_rules_can_test_segments_habits_and_predictions(
