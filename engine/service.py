@@ -758,15 +758,15 @@ def recompute_intelligence(engine: Engine) -> dict[str, Any]:
     settings = engine.settings
     now = engine.clock.now()
     with engine.store.unit() as unit:
-        buyers = unit.buyers(settings.default_timezone)
-        interactions, discounts = unit.interactions(now - _PREFERENCE_WINDOW)
-    result = compute_intelligence(buyers, now)
+        history = unit.shop_history(settings.default_timezone, now - _PREFERENCE_WINDOW)
+    result = compute_intelligence(history.buyers, now)
     per_customer = dict(result.per_customer)
+    interactions = history.interactions
     cuts = price_cuts(i.price for items in interactions.values() for i in items if i.price)
     for customer_id, items in interactions.items():
         doc = per_customer.setdefault(customer_id, {"computed_at": now.isoformat(), "segments": []})
         doc["preferences"] = preferences(
-            items, now, cuts=cuts, orders_with_discount=discounts.get(customer_id, (0, 0))
+            items, now, cuts=cuts, orders_with_discount=history.discounts.get(customer_id, (0, 0))
         )
     models = {
         **result.models,

@@ -19,7 +19,7 @@ from engine.intelligence.preferences import Interaction
 from engine.journeys import Ident, Journey, JourneyOutcome
 from engine.policy import SentMessage
 
-__all__ = ["Attempt", "CustomerView", "OutboxItem", "Store", "Unit"]
+__all__ = ["Attempt", "CustomerView", "OutboxItem", "ShopHistory", "Store", "Unit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +65,15 @@ class Attempt:
     action: str
     new_status: str
     next_attempt_at: datetime | None = None
+
+
+@dataclass(kw_only=True)
+class ShopHistory:
+    """What the intelligence job reads (see :meth:`Unit.shop_history`)."""
+
+    buyers: list[Buyer] = field(default_factory=list)
+    interactions: dict[int, list[Interaction]] = field(default_factory=dict)
+    discounts: dict[int, tuple[int, int]] = field(default_factory=dict)  # (discounted, orders)
 
 
 class Unit(Protocol):
@@ -116,11 +125,7 @@ class Unit(Protocol):
 
     def lock_customers(self, ids: Sequence[int]) -> None: ...
 
-    def buyers(self, default_timezone: str) -> list[Buyer]: ...
-
-    def interactions(
-        self, since: datetime
-    ) -> tuple[dict[int, list[Interaction]], dict[int, tuple[int, int]]]: ...
+    def shop_history(self, default_timezone: str, since: datetime) -> ShopHistory: ...
 
     def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None: ...
 

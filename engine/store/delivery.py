@@ -7,23 +7,16 @@ Dialect differences (``FOR UPDATE`` locks, ``RETURNING`` claims) stay in this pa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from engine.models import (
-    Customer,
-    DeliveryAttemptRow,
-    MessageRow,
-    OutboxRow,
-    StateEntry,
-    SuppressionRow,
-    table,
-)
 from engine.policy import SentMessage
 from engine.store.base import Attempt, OutboxItem
+from engine.store.bulk import bulk_insert, bulk_update, time_text
+from engine.store.tables import ATTEMPTS, CUSTOMERS, MESSAGES, OUTBOX, STATE, SUPPRESSIONS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -31,13 +24,6 @@ if TYPE_CHECKING:
     from engine.clock import Clock
 
 __all__ = ["DEAD", "DELIVERED", "FAILED", "PENDING", "DeliveryMixin"]
-
-MESSAGES = table(MessageRow)
-OUTBOX = table(OutboxRow)
-ATTEMPTS = table(DeliveryAttemptRow)
-SUPPRESSIONS = table(SuppressionRow)
-CUSTOMERS = table(Customer)
-STATE = table(StateEntry)
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -51,7 +37,9 @@ class DeliveryMixin:
     dialect: str
     clock: Clock
 
-    _insert: Any  # provided by SqlUnit
+    # provided by SqlUnit, which mixes this class in
+    _insert: Any
+    set_state: Callable[[str, dict[str, Any]], None]
 
     # -- policy inputs ------------------------------------------------------------------------
 
@@ -171,8 +159,6 @@ class DeliveryMixin:
         A message already written (same id) is left alone. Returns messages inserted."""
         if not messages:
             return 0
-        from engine.store.unit import bulk_insert
-
         now = self.clock.now()
         existing: set[str] = set()
         ids = [m["id"] for m in messages]
@@ -262,9 +248,7 @@ class DeliveryMixin:
         """The claim as two statements in SQL text (the unit holds the writer lock): the
         dispatcher claims a batch every few milliseconds, and SQLAlchemy's statement and
         row processing was a third of its cost. Times are bound in their stored form."""
-        from engine.store.unit import _time_text
-
-        at, lease = _time_text(now), _time_text(lease_until)
+        at, lease = time_text(now), time_text(lease_until)
         claimed = list(
             self.conn.exec_driver_sql(
                 "UPDATE outbox SET lease_until = ? WHERE id IN (SELECT id FROM outbox"
@@ -315,8 +299,6 @@ class DeliveryMixin:
         failed, dead); the lease is released."""
         if not attempts:
             return
-        from engine.store.unit import bulk_insert, bulk_update  # unit.py mixes this class in
-
         now = self.clock.now()
         bulk_insert(
             self.conn,
@@ -378,14 +360,7 @@ class DeliveryMixin:
             "reason": reason,
             "at": self.clock.now().isoformat(),
         }
-        stmt = self._insert(STATE)
-        self.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["key"],
-                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            ),
-            [{"key": key, "value": value, "updated_at": self.clock.now()}],
-        )
+        self.set_state(key, value)
 
     def redrive(self, outbox_ids: Sequence[int] | None, now: datetime) -> int:
         """Put dead / failed deliveries (these, or all dead ones) back in the queue, due now,

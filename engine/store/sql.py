@@ -21,16 +21,18 @@ from engine.customers import ANONYMOUS, USER
 from engine.errors import StoreError
 from engine.models import EVENT_PENDING
 from engine.store.base import CustomerView
-from engine.store.unit import (
+from engine.store.bulk import bulk_insert
+from engine.store.tables import (
+    ATTEMPTS,
     CUSTOMERS,
     DECISIONS,
     EVENTS,
     IDENTITIES,
     JOURNEYS,
-    SqlUnit,
-    bulk_insert,
-    load_profiles,
+    MESSAGES,
+    OUTBOX,
 )
+from engine.store.unit import SqlUnit, load_profiles
 
 __all__ = ["SqlStore", "create_store"]
 
@@ -159,8 +161,6 @@ class SqlStore:
 
     def message(self, message_id: str) -> dict[str, Any] | None:
         """A sent message with its customer's identities, or ``None``."""
-        from engine.store.delivery import MESSAGES
-
         with self.read() as conn:
             row = conn.execute(
                 sa.select(
@@ -177,8 +177,6 @@ class SqlStore:
 
     def deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Outbox rows, newest change first (``status``: pending, delivered, failed, dead)."""
-        from engine.store.delivery import MESSAGES, OUTBOX
-
         query = (
             sa.select(
                 OUTBOX,
@@ -198,8 +196,6 @@ class SqlStore:
 
     def delivery(self, ref: str) -> dict[str, Any] | None:
         """One outbox row (by id, or the first of a message id) with its message and attempts."""
-        from engine.store.delivery import ATTEMPTS, MESSAGES, OUTBOX
-
         with self.read() as conn:
             where = OUTBOX.c.id == int(ref) if ref.isdigit() else OUTBOX.c.message_id == ref.strip()
             row = conn.execute(

@@ -7,8 +7,7 @@ and writes through it; everything commits together or not at all.
 from __future__ import annotations
 
 import itertools
-import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -16,7 +15,6 @@ from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from engine.clock import Clock
@@ -35,172 +33,25 @@ from engine.customers import (
 from engine.intelligence.bulk import Buyer
 from engine.intelligence.preferences import Interaction
 from engine.journeys import ACTIVE, CANCELLED, Ident, Journey, JourneyOutcome, evolve
-from engine.models import (
-    EVENT_DONE,
-    EVENT_FAILED,
-    EVENT_PENDING,
-    Checkout,
-    Customer,
-    DecisionRow,
-    Event,
-    Identity,
-    JourneyRow,
-    JourneyTransitionRow,
-    Order,
-    StateEntry,
-    UTCDateTime,
-    table,
-)
+from engine.models import EVENT_DONE, EVENT_FAILED, EVENT_PENDING
+from engine.store.base import ShopHistory
+from engine.store.bulk import CHUNK, bulk_insert, bulk_update, chunks, dialect_insert
 from engine.store.delivery import DeliveryMixin
+from engine.store.tables import (
+    CHECKOUTS,
+    CUSTOMERS,
+    DECISIONS,
+    EVENTS,
+    IDENTITIES,
+    JOURNEYS,
+    ORDERS,
+    STATE,
+    TRANSITIONS,
+)
 
-__all__ = ["SqlUnit", "bulk_insert", "bulk_update", "dialect_insert", "load_profiles"]
-
-EVENTS = table(Event)
-CUSTOMERS = table(Customer)
-IDENTITIES = table(Identity)
-ORDERS = table(Order)
-CHECKOUTS = table(Checkout)
-JOURNEYS = table(JourneyRow)
-TRANSITIONS = table(JourneyTransitionRow)
-DECISIONS = table(DecisionRow)
-STATE = table(StateEntry)
+__all__ = ["SqlUnit", "load_profiles"]
 
 _S = TypeVar("_S", OrderState, CheckoutState)
-_CHUNK = 500  # bound parameters per IN (...) list
-_MULTI_ROWS = 1000  # rows per multi-row INSERT on SQLite
-_SQLITE_VARIABLES = 32000  # below SQLite's limit of 32766 bound variables
-
-
-def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _time_text(value: Any) -> Any:
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # what SQLAlchemy stores, without zone
-
-
-def _json_text(value: Any) -> Any:
-    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _as_is(value: Any) -> Any:
-    return value
-
-
-def _sqlite_converters(tbl: sa.Table, names: Sequence[str]) -> list[Any]:
-    """Per column, the function giving the text SQLAlchemy itself would store on SQLite."""
-    out = []
-    for name in names:
-        kind = tbl.c[name].type
-        if isinstance(kind, UTCDateTime):
-            out.append(_time_text)
-        elif isinstance(kind, sa.JSON):
-            out.append(_json_text)
-        else:
-            out.append(_as_is)
-    return out
-
-
-def _sqlite_params(
-    tbl: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]]
-) -> list[tuple[Any, ...]]:
-    converters = _sqlite_converters(tbl, names)
-    times = [i for i, c in enumerate(converters) if c is _time_text]
-    others = [(i, c) for i, c in enumerate(converters) if c is not _time_text and c is not _as_is]
-    # Many rows share their times (the batch's "now"): format each distinct time once.
-    seen: dict[datetime, str] = {}
-    get = operator.itemgetter(*names)
-    out: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = list(get(row)) if len(names) > 1 else [get(row)]
-        for i in times:
-            value = values[i]
-            if value is not None:
-                text = seen.get(value)
-                if text is None:
-                    text = seen[value] = _time_text(value)
-                values[i] = text
-        for i, convert in others:
-            values[i] = convert(values[i])
-        out.append(tuple(values))
-    return out
-
-
-def bulk_insert(
-    conn: Connection,
-    dialect: str,
-    tbl: sa.Table,
-    rows: Sequence[dict[str, Any]],
-    *,
-    ignore_conflicts: Sequence[str] | None = None,
-) -> int:
-    """Insert many rows in one executemany; with ``ignore_conflicts`` (the unique columns)
-    a row that already exists is skipped. Returns rows inserted.
-
-    On SQLite the values are bound in the column types' storage form directly (the same
-    text SQLAlchemy writes), skipping per-row type processing, which dominates the cost of
-    large batches; PostgreSQL goes through SQLAlchemy (psycopg binds natively).
-    """
-    if not rows:
-        return 0
-    if dialect != "sqlite":
-        stmt = dialect_insert(dialect, tbl)
-        if ignore_conflicts is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(ignore_conflicts))
-        # executemany's rowcount is not reliable on psycopg: count the rows returned.
-        key = next(iter(tbl.primary_key.columns))
-        return len(conn.execute(stmt.returning(key), list(rows)).all())
-    names = list(rows[0])
-    params = _sqlite_params(tbl, names, rows)
-    # One multi-row INSERT per chunk: executemany re-takes the GIL for every row, which
-    # stalls a writer thread badly while the event loop is busy (measured: ~20x).
-    group = "(" + ", ".join("?" for _ in names) + ")"
-    size = max(1, min(_MULTI_ROWS, _SQLITE_VARIABLES // len(names)))
-    conflict = (
-        f" ON CONFLICT ({', '.join(ignore_conflicts)}) DO NOTHING"
-        if ignore_conflicts is not None
-        else ""
-    )
-    inserted = 0
-    for start in range(0, len(params), size):
-        part = params[start : start + size]
-        sql = (
-            f"INSERT INTO {tbl.name} ({', '.join(names)}) VALUES "
-            + ", ".join(group for _ in part)
-            + conflict
-        )
-        flat = tuple(itertools.chain.from_iterable(part))
-        inserted += max(conn.exec_driver_sql(sql, flat).rowcount, 0)
-    return inserted
-
-
-def bulk_update(
-    conn: Connection, dialect: str, tbl: sa.Table, rows: Sequence[dict[str, Any]], key: str
-) -> None:
-    """``UPDATE tbl SET ... WHERE key = ...`` for many rows (same columns in each)."""
-    if not rows:
-        return
-    names = [n for n in rows[0] if n != key]
-    if dialect != "sqlite":
-        stmt = (
-            tbl.update()
-            .where(tbl.c[key] == sa.bindparam("b_key"))
-            .values({n: sa.bindparam(n) for n in names})
-        )
-        conn.execute(stmt, [{**{n: r[n] for n in names}, "b_key": r[key]} for r in rows])
-        return
-    sql = f"UPDATE {tbl.name} SET {', '.join(f'{n} = ?' for n in names)} WHERE {key} = ?"
-    conn.exec_driver_sql(sql, _sqlite_params(tbl, [*names, key], rows))
-
-
-def dialect_insert(dialect: str, tbl: sa.Table) -> Any:
-    """INSERT with the dialect's ON CONFLICT support."""
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(tbl)
 
 
 def _parse(value: Any) -> datetime | None:
@@ -519,15 +370,21 @@ class SqlUnit(DeliveryMixin):
 
     # -- intelligence ---------------------------------------------------------------------------
 
-    def buyers(self, default_timezone: str) -> list[Buyer]:
-        """Every customer with an order (not cancelled): orders oldest first, value net of
-        refunds, and the customer's zone."""
+    def shop_history(self, default_timezone: str, since: datetime) -> ShopHistory:
+        """What the intelligence job reads, in one pass over the orders: every buyer's orders
+        (not cancelled; oldest first, value net of refunds) and zone, the products each
+        customer ordered (any time) and viewed or searched for (since ``since``), and
+        (orders with a discount or coupon, orders) per buyer."""
+        history = ShopHistory()
         query = (
             sa.select(
                 ORDERS.c.customer_id,
                 ORDERS.c.placed_at,
                 ORDERS.c.revenue,
                 ORDERS.c.refunded,
+                ORDERS.c.products,
+                ORDERS.c.discount,
+                ORDERS.c.coupon,
                 CUSTOMERS.c.timezone,
             )
             .join(CUSTOMERS, CUSTOMERS.c.id == ORDERS.c.customer_id)
@@ -540,43 +397,19 @@ class SqlUnit(DeliveryMixin):
         )
         orders: dict[int, list[tuple[datetime, float]]] = {}
         zones: dict[int, str] = {}
-        for r in self.conn.execute(query):
-            orders.setdefault(r.customer_id, []).append(
-                (r.placed_at, max(0.0, float(r.revenue or 0) - float(r.refunded or 0)))
-            )
-            zones[r.customer_id] = r.timezone or default_timezone
-        return [Buyer(customer_id=c, zone=zones[c], orders=o) for c, o in orders.items()]
-
-    def interactions(
-        self, since: datetime
-    ) -> tuple[dict[int, list[Interaction]], dict[int, tuple[int, int]]]:
-        """Per customer: the products they ordered (any time) and viewed or searched for
-        (since ``since``), and (orders with a discount or coupon, orders)."""
-        out: dict[int, list[Interaction]] = {}
-        discounts: dict[int, tuple[int, int]] = {}
-        query = (
-            sa.select(
-                ORDERS.c.customer_id,
-                ORDERS.c.placed_at,
-                ORDERS.c.products,
-                ORDERS.c.discount,
-                ORDERS.c.coupon,
-            )
-            .join(CUSTOMERS, CUSTOMERS.c.id == ORDERS.c.customer_id)
-            .where(
-                ORDERS.c.cancelled.is_(False),
-                ORDERS.c.placed_at.is_not(None),
-                CUSTOMERS.c.merged_into.is_(None),
-            )
-        )
         for order in self.conn.execute(query):
-            mine = out.setdefault(order.customer_id, [])
+            cid = order.customer_id
+            value = max(0.0, float(order.revenue or 0) - float(order.refunded or 0))
+            orders.setdefault(cid, []).append((order.placed_at, value))
+            zones[cid] = order.timezone or default_timezone
+            mine = history.interactions.setdefault(cid, [])
             for product in order.products or []:
                 if isinstance(product, dict):
                     mine.append(_interaction("order", order.placed_at, product))
-            done, total = discounts.get(order.customer_id, (0, 0))
+            done, total = history.discounts.get(cid, (0, 0))
             discounted = bool((order.discount or 0) > 0 or order.coupon)
-            discounts[order.customer_id] = (done + discounted, total + 1)
+            history.discounts[cid] = (done + discounted, total + 1)
+        history.buyers = [Buyer(customer_id=c, zone=zones[c], orders=o) for c, o in orders.items()]
         views = sa.select(
             EVENTS.c.customer_id, EVENTS.c.timestamp, EVENTS.c.name, EVENTS.c.payload
         ).where(
@@ -588,10 +421,10 @@ class SqlUnit(DeliveryMixin):
             props = (event.payload or {}).get("properties")
             if isinstance(props, dict):
                 kind = "view" if event.name == "Product Viewed" else "search"
-                out.setdefault(event.customer_id, []).append(
+                history.interactions.setdefault(event.customer_id, []).append(
                     _interaction(kind, event.timestamp, props)
                 )
-        return out, discounts
+        return history
 
     def write_intel(self, per_customer: dict[int, dict[str, Any]]) -> None:
         rows = [{"id": cid, "intel": doc} for cid, doc in sorted(per_customer.items())]
@@ -602,20 +435,9 @@ class SqlUnit(DeliveryMixin):
 
     def customer_facts(self, ids: Sequence[int], default_timezone: str) -> dict[int, CustomerFacts]:
         out: dict[int, CustomerFacts] = {}
-        columns = (
-            CUSTOMERS.c.id,
-            CUSTOMERS.c.user_id,
-            CUSTOMERS.c.anonymous_id,
-            CUSTOMERS.c.email,
-            CUSTOMERS.c.timezone,
-            CUSTOMERS.c.traits,
-            CUSTOMERS.c.consent,
-            CUSTOMERS.c.stats,
-            CUSTOMERS.c.event_counts,
-            CUSTOMERS.c.intel,
-        )
         for chunk in chunks(sorted(set(ids))):
-            for r in self.conn.execute(sa.select(*columns).where(CUSTOMERS.c.id.in_(chunk))):
+            query = sa.select(*_FACT_COLUMNS).where(CUSTOMERS.c.id.in_(chunk))
+            for r in self.conn.execute(query):
                 out[r.id] = _facts(r, default_timezone)
         return out
 
@@ -661,7 +483,7 @@ class SqlUnit(DeliveryMixin):
         (rule, customer) pairs."""
         out: dict[Ident, Journey] = {}
         pair_col = sa.tuple_(JOURNEYS.c.rule_id, JOURNEYS.c.customer_id)
-        for chunk in chunks(sorted(pairs), _CHUNK // 2):
+        for chunk in chunks(sorted(pairs), CHUNK // 2):
             query = sa.select(JOURNEYS).where(pair_col.in_(chunk), JOURNEYS.c.status == ACTIVE)
             for r in self.conn.execute(query):
                 journey = _journey(r)
@@ -673,7 +495,7 @@ class SqlUnit(DeliveryMixin):
             return out
         for rule_id in sorted({i[0] for i in wanted}):
             group = [i for i in wanted if i[0] == rule_id]
-            for chunk in chunks(group, _CHUNK // 2):
+            for chunk in chunks(group, CHUNK // 2):
                 query = sa.select(JOURNEYS).where(
                     JOURNEYS.c.rule_id == rule_id,
                     JOURNEYS.c.customer_id.in_(sorted({i[1] for i in chunk})),
@@ -846,18 +668,7 @@ class SqlUnit(DeliveryMixin):
     ) -> list[CustomerFacts]:
         """Live customers (``zone`` None: all) with id > ``after_id``, in id order."""
         query = (
-            sa.select(
-                CUSTOMERS.c.id,
-                CUSTOMERS.c.user_id,
-                CUSTOMERS.c.anonymous_id,
-                CUSTOMERS.c.email,
-                CUSTOMERS.c.timezone,
-                CUSTOMERS.c.traits,
-                CUSTOMERS.c.consent,
-                CUSTOMERS.c.stats,
-                CUSTOMERS.c.event_counts,
-                CUSTOMERS.c.intel,
-            )
+            sa.select(*_FACT_COLUMNS)
             .where(CUSTOMERS.c.merged_into.is_(None), CUSTOMERS.c.id > after_id)
             .order_by(CUSTOMERS.c.id)
             .limit(limit)
@@ -893,6 +704,21 @@ def _interaction(kind: str, at: datetime, product: dict[str, Any]) -> Interactio
         if isinstance(price, int | float) and not isinstance(price, bool)
         else None,
     )
+
+
+#: What a rule sees of a customer (``_facts`` reads these).
+_FACT_COLUMNS = (
+    CUSTOMERS.c.id,
+    CUSTOMERS.c.user_id,
+    CUSTOMERS.c.anonymous_id,
+    CUSTOMERS.c.email,
+    CUSTOMERS.c.timezone,
+    CUSTOMERS.c.traits,
+    CUSTOMERS.c.consent,
+    CUSTOMERS.c.stats,
+    CUSTOMERS.c.event_counts,
+    CUSTOMERS.c.intel,
+)
 
 
 def _facts(r: Any, default_timezone: str) -> CustomerFacts:

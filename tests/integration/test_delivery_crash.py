@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -69,18 +70,21 @@ def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
-@pytest.mark.slow
-def test_a_dispatcher_killed_mid_batch_loses_nothing_and_resends_under_the_same_id(
-    make_shop: Callable[..., Shop], receiver: Receiver, tmp_path: Path
-) -> None:
-    # The events go into the database as ingest would put them, unprocessed: the worker
-    # processes them, decides, renders and delivers, on the system clock.
+def _pinged_shop(
+    make_shop: Callable[..., Shop],
+    receiver: Receiver,
+    tmp_path: Path,
+    prefix: str,
+    delivery: dict[str, Any],
+) -> tuple[Shop, list[str], Path]:
+    """A shop with CUSTOMERS customers who each sent a Ping (unprocessed, as ingest leaves
+    them), and a worker config delivering the ping rule's email to ``receiver``'s /slow."""
     shop = make_shop(
         datetime.now(UTC) - timedelta(seconds=5),
         rules={"ping.yaml": one_step_rule("ping")},
         templates={"ping.email.j2": EMAIL_TEMPLATE},
     )
-    users = [f"c{n:03d}" for n in range(CUSTOMERS)]
+    users = [f"{prefix}{n:03d}" for n in range(CUSTOMERS)]
     for user in users:
         shop.identify({"email": f"{user}@example.com"}, user=user)
         shop.track("Ping", {"n": 1}, user=user)
@@ -97,14 +101,24 @@ def test_a_dispatcher_killed_mid_batch_loses_nothing_and_resends_under_the_same_
                 # The lease must outlast twice the timeout (settings refuse less).
                 "channels": channels(email=endpoint(f"{receiver.url}/slow", timeout="900ms")),
                 "delivery": {
-                    "lease": "2s",
                     "concurrency": CONCURRENCY,
                     "batch_size": CONCURRENCY,
                     "interval": "50ms",
+                    **delivery,
                 },
             }
         )
     )
+    return shop, users, config
+
+
+@pytest.mark.slow
+def test_a_dispatcher_killed_mid_batch_loses_nothing_and_resends_under_the_same_id(
+    make_shop: Callable[..., Shop], receiver: Receiver, tmp_path: Path
+) -> None:
+    # The events go into the database as ingest would put them, unprocessed: the worker
+    # processes them, decides, renders and delivers, on the system clock.
+    shop, users, config = _pinged_shop(make_shop, receiver, tmp_path, "c", {"lease": "2s"})
     assert SECRET in config.read_text()
 
     def delivered() -> int:
@@ -174,37 +188,14 @@ def _children(pid: int) -> set[int]:
 def test_two_dispatcher_processes_share_the_outbox_and_stop_with_the_worker(
     make_shop: Callable[..., Shop], receiver: Receiver, tmp_path: Path
 ) -> None:
-    shop = make_shop(
-        datetime.now(UTC) - timedelta(seconds=5),
-        rules={"ping.yaml": one_step_rule("ping")},
-        templates={"ping.email.j2": EMAIL_TEMPLATE},
-    )
-    users = [f"p{n:03d}" for n in range(CUSTOMERS)]
-    for user in users:
-        shop.identify({"email": f"{user}@example.com"}, user=user)
-        shop.track("Ping", {"n": 1}, user=user)
-    config = tmp_path / "worker.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "database_url": shop.settings.database_url,
-                "sqlite_synchronous": "normal",
-                "rules_dir": str(tmp_path / "rules"),
-                "templates_dir": str(tmp_path / "templates"),
-                "link_secret": LINK_SECRET,
-                "log_level": "WARNING",
-                "channels": channels(email=endpoint(f"{receiver.url}/slow", timeout="900ms")),
-                "delivery": {
-                    "processes": 2,
-                    # Roomy: a claimed row waits in its dispatcher's queue under the lease too,
-                    # and a slow CI machine must not see a lease run out (a legitimate resend).
-                    "lease": "10s",
-                    "concurrency": CONCURRENCY,
-                    "batch_size": CONCURRENCY,
-                    "interval": "50ms",
-                },
-            }
-        )
+    shop, _, config = _pinged_shop(
+        make_shop,
+        receiver,
+        tmp_path,
+        "p",
+        # Roomy lease: a claimed row waits in its dispatcher's queue under the lease too,
+        # and a slow CI machine must not see a lease run out (a legitimate resend).
+        {"processes": 2, "lease": "10s"},
     )
     receiver.default = Answer(delay=0.05)
     log = tmp_path / "worker.log"
